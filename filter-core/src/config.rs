@@ -1,0 +1,596 @@
+//! The filter's configuration: one JSON document (Istio's `pluginConfig`), parsed and validated once
+//! at load. Every error names the key at fault and what it expects. `docs/config.md` is the reference.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::codec::{Direction, Redactor};
+use crate::rules::{Pattern, Rules};
+
+/// What the filter does with eligible requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Look every request up; record misses.
+    RecordAndInject,
+    /// Never look up; record every eligible exchange.
+    RecordOnly,
+    /// Look up; never record.
+    InjectOnly,
+    /// Pass everything through untouched.
+    Off,
+}
+
+impl Mode {
+    pub fn looks_up(self) -> bool {
+        matches!(self, Mode::RecordAndInject | Mode::InjectOnly)
+    }
+
+    pub fn records(self) -> bool {
+        matches!(self, Mode::RecordAndInject | Mode::RecordOnly)
+    }
+}
+
+/// How request headers are handled while the body is buffered for the lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestMode {
+    /// Headers go upstream at once; the body is held until the lookup answers, and a hit resets the
+    /// upstream stream. Works on every Envoy (Istio 1.18's Envoy 1.26 included).
+    StreamHeaders,
+    /// Headers and body are both held until the lookup answers, so the upstream sees nothing on a hit.
+    /// Needs Envoy 1.35+ with `allow_on_headers_stop_iteration: true` for wasm.
+    HoldHeaders,
+}
+
+/// What happens when the lookup fails (timeout, bad status, undecodable answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackendError {
+    /// Fail open: the request goes upstream unchanged.
+    PassThrough,
+    /// Strict: answer 502.
+    Fail,
+}
+
+/// Where the backend is and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Envoy cluster the callouts go to.
+    pub cluster: String,
+    /// `:authority` of the callouts; requests to this host are never looked up.
+    pub authority: String,
+    pub inject_path: String,
+    pub traces_path: String,
+    /// Header that carries `api_key`.
+    pub auth_header: String,
+    pub api_key: Option<String>,
+    pub lookup_timeout_ms: u64,
+    pub record_timeout_ms: u64,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub backend: Backend,
+    pub service_name: Option<String>,
+    pub traffic_direction: Direction,
+    pub session_id_headers: Vec<String>,
+    pub recordable_statuses: Vec<u16>,
+    pub max_request_body_bytes: usize,
+    pub max_response_body_bytes: usize,
+    pub request_mode: RequestMode,
+    pub on_backend_error: OnBackendError,
+    pub rules: Rules,
+    pub redactor: Redactor,
+    /// Header added to served hits (value `hit`), or none.
+    pub hit_header: Option<String>,
+}
+
+/// Default redacted headers.
+pub const DEFAULT_REDACT: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-public-key",
+];
+
+/// Methods looked up and recorded unless `rules.methods` says otherwise.
+pub const DEFAULT_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Largest body limit accepted (bodies are buffered in memory).
+pub const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
+const MAX_TIMEOUT_MS: u64 = 600_000;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::RecordAndInject,
+            backend: Backend {
+                cluster: "outbound|443||o.softprobe.ai".into(),
+                authority: "o.softprobe.ai".into(),
+                inject_path: "/v1/inject".into(),
+                traces_path: "/v1/traces".into(),
+                auth_header: "x-public-key".into(),
+                api_key: None,
+                lookup_timeout_ms: 500,
+                record_timeout_ms: 5000,
+            },
+            service_name: None,
+            traffic_direction: Direction::Outbound,
+            session_id_headers: vec!["x-sp-session-id".into()],
+            recordable_statuses: vec![200],
+            max_request_body_bytes: 256 * 1024,
+            max_response_body_bytes: 1024 * 1024,
+            request_mode: RequestMode::StreamHeaders,
+            on_backend_error: OnBackendError::PassThrough,
+            rules: Rules::default(),
+            redactor: Redactor::new(DEFAULT_REDACT),
+            hit_header: Some("x-softprobe-cache".into()),
+        }
+    }
+}
+
+/// A configuration error: the key at fault (dotted path) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "invalid transparent-cache config: {}", self.message)
+        } else {
+            write!(f, "config key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const TOP_KEYS: &[&str] = &[
+    "mode",
+    "backend",
+    "service_name",
+    "traffic_direction",
+    "session_id_headers",
+    "recordable_statuses",
+    "max_request_body_bytes",
+    "max_response_body_bytes",
+    "request_mode",
+    "on_backend_error",
+    "rules",
+    "redact_headers",
+    "mark_hits",
+    "hit_header",
+];
+const BACKEND_KEYS: &[&str] = &[
+    "cluster",
+    "authority",
+    "inject_path",
+    "traces_path",
+    "auth_header",
+    "api_key",
+    "lookup_timeout_ms",
+    "record_timeout_ms",
+];
+const RULES_KEYS: &[&str] = &[
+    "methods",
+    "include_hosts",
+    "exclude_hosts",
+    "include_paths",
+    "exclude_paths",
+    "exempt_otlp_paths",
+];
+
+/// Walks one JSON object, remembering which keys were read so the rest can be reported.
+struct Obj<'a> {
+    path: String,
+    map: &'a Map<String, Value>,
+}
+
+fn describe(v: &Value) -> String {
+    let s = v.to_string();
+    let kind = match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    if s.len() > 40 {
+        kind.to_string()
+    } else {
+        format!("{kind} ({s})")
+    }
+}
+
+impl<'a> Obj<'a> {
+    fn new(path: &str, v: &'a Value, known: &[&str]) -> Result<Self, ConfigError> {
+        let Value::Object(map) = v else {
+            return Err(ConfigError {
+                key: path.into(),
+                message: format!("expected an object, got {}", describe(v)),
+            });
+        };
+        let obj = Obj {
+            path: path.into(),
+            map,
+        };
+        for key in map.keys() {
+            if !known.contains(&key.as_str()) {
+                let mut message = format!("unknown config key `{}`", obj.key(key));
+                if let Some(s) = suggest(key, known) {
+                    message.push_str(&format!("; did you mean `{}`?", obj.key(s)));
+                } else {
+                    message.push_str(&format!("; known keys here: {}", known.join(", ")));
+                }
+                return Err(ConfigError {
+                    key: obj.key(key),
+                    message,
+                });
+            }
+        }
+        Ok(obj)
+    }
+
+    fn key(&self, k: &str) -> String {
+        if self.path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{}.{k}", self.path)
+        }
+    }
+
+    fn err(&self, k: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: self.key(k),
+            message: message.into(),
+        }
+    }
+
+    fn expected(&self, k: &str, what: &str, got: &Value) -> ConfigError {
+        self.err(k, format!("expected {what}, got {}", describe(got)))
+    }
+
+    fn get(&self, k: &str) -> Option<&'a Value> {
+        self.map.get(k).filter(|v| !v.is_null())
+    }
+
+    fn string(&self, k: &str) -> Result<Option<&'a str>, ConfigError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(self.expected(k, "a string", v)),
+        }
+    }
+
+    fn bool(&self, k: &str) -> Result<Option<bool>, ConfigError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.expected(k, "true or false", v)),
+        }
+    }
+
+    fn uint(&self, k: &str, what: &str, max: u64) -> Result<Option<u64>, ConfigError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if n <= max => Ok(Some(n)),
+                Some(n) => Err(self.err(k, format!("{n} is too large; the maximum is {max}"))),
+                None => Err(self.expected(k, what, v)),
+            },
+        }
+    }
+
+    fn choice<T: Copy>(&self, k: &str, options: &[(&str, T)]) -> Result<Option<T>, ConfigError> {
+        let Some(s) = self.string(k)? else {
+            return Ok(None);
+        };
+        match options.iter().find(|(name, _)| *name == s) {
+            Some((_, v)) => Ok(Some(*v)),
+            None => {
+                let names: Vec<String> = options.iter().map(|(n, _)| format!("`{n}`")).collect();
+                Err(self.err(
+                    k,
+                    format!("unknown value {s:?}; expected one of {}", names.join(", ")),
+                ))
+            }
+        }
+    }
+
+    fn strings(&self, k: &str) -> Result<Option<Vec<&'a str>>, ConfigError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(s) => Ok(s.as_str()),
+                    other => Err(self.expected(&format!("{k}[{i}]"), "a string", other)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(v) => Err(self.expected(k, "an array of strings", v)),
+        }
+    }
+
+    fn header_names(&self, k: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        let Some(names) = self.strings(k)? else {
+            return Ok(None);
+        };
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| {
+                if crate::http::is_token(n.as_bytes()) {
+                    Ok(n.to_ascii_lowercase())
+                } else {
+                    Err(self.err(
+                        &format!("{k}[{i}]"),
+                        format!("{n:?} is not a valid header name"),
+                    ))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    fn patterns(&self, k: &str) -> Result<Vec<Pattern>, ConfigError> {
+        let Some(items) = self.strings(k)? else {
+            return Ok(Vec::new());
+        };
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Pattern::new(p).map_err(|e| {
+                    self.err(
+                        &format!("{k}[{i}]"),
+                        format!("invalid pattern {p:?} (a regular expression matched against the whole value): {e}"),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// Edit distance, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev.get(j).copied().unwrap_or(0) + usize::from(ca != *cb);
+            let del = prev.get(j + 1).copied().unwrap_or(0) + 1;
+            let ins = cur.get(j).copied().unwrap_or(0) + 1;
+            cur.push(sub.min(del).min(ins));
+        }
+        prev = cur;
+    }
+    prev.last().copied().unwrap_or(0)
+}
+
+/// The known key most like `key`: a small edit distance, or all of its words in the same order.
+fn suggest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    let lower = key.to_ascii_lowercase().replace('-', "_");
+    let close = known
+        .iter()
+        .map(|k| (distance(&lower, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k);
+    close.or_else(|| {
+        let words: Vec<&str> = lower.split('_').filter(|w| !w.is_empty()).collect();
+        known.iter().copied().find(|k| {
+            let mut rest = k.split('_');
+            !words.is_empty() && words.iter().all(|w| rest.any(|kw| kw.starts_with(w)))
+        })
+    })
+}
+
+impl Config {
+    /// Parses and validates a configuration. Empty input (no `pluginConfig`) means all defaults.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Config::default());
+        }
+        let root: Value = serde_json::from_slice(bytes).map_err(|e| ConfigError {
+            key: String::new(),
+            message: format!("not valid JSON: {e}"),
+        })?;
+        Config::from_value(&root)
+    }
+
+    /// Validates an already-parsed JSON document.
+    pub fn from_value(root: &Value) -> Result<Config, ConfigError> {
+        let top = Obj::new("", root, TOP_KEYS)?;
+        let mut c = Config::default();
+        if let Some(m) = top.choice(
+            "mode",
+            &[
+                ("record_and_inject", Mode::RecordAndInject),
+                ("record_only", Mode::RecordOnly),
+                ("inject_only", Mode::InjectOnly),
+                ("off", Mode::Off),
+            ],
+        )? {
+            c.mode = m;
+        }
+        if let Some(b) = top.get("backend") {
+            read_backend(&Obj::new("backend", b, BACKEND_KEYS)?, &mut c.backend)?;
+        }
+        if let Some(s) = top.string("service_name")? {
+            if s.trim().is_empty() {
+                return Err(top.err(
+                    "service_name",
+                    "must not be empty; leave it out to use the workload name",
+                ));
+            }
+            c.service_name = Some(s.to_string());
+        }
+        if let Some(d) = top.choice(
+            "traffic_direction",
+            &[
+                ("outbound", Direction::Outbound),
+                ("inbound", Direction::Inbound),
+            ],
+        )? {
+            c.traffic_direction = d;
+        }
+        if let Some(h) = top.header_names("session_id_headers")? {
+            c.session_id_headers = h;
+        }
+        if let Some(v) = top.get("recordable_statuses") {
+            c.recordable_statuses = read_statuses(&top, v)?;
+        }
+        let limit = "a number of bytes (a non-negative integer)";
+        if let Some(n) = top.uint("max_request_body_bytes", limit, MAX_BODY_LIMIT)? {
+            c.max_request_body_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = top.uint("max_response_body_bytes", limit, MAX_BODY_LIMIT)? {
+            c.max_response_body_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(m) = top.choice(
+            "request_mode",
+            &[
+                ("stream_headers", RequestMode::StreamHeaders),
+                ("hold_headers", RequestMode::HoldHeaders),
+            ],
+        )? {
+            c.request_mode = m;
+        }
+        if let Some(m) = top.choice(
+            "on_backend_error",
+            &[
+                ("pass_through", OnBackendError::PassThrough),
+                ("fail", OnBackendError::Fail),
+            ],
+        )? {
+            c.on_backend_error = m;
+        }
+        let mut rules = Rules::new(&c.backend.authority);
+        if let Some(r) = top.get("rules") {
+            read_rules(&Obj::new("rules", r, RULES_KEYS)?, &mut rules)?;
+        }
+        c.rules = rules;
+        if let Some(names) = top.header_names("redact_headers")? {
+            c.redactor = Redactor::new(names);
+        }
+        if let Some(name) = top.string("hit_header")? {
+            if !crate::http::is_token(name.as_bytes()) {
+                return Err(top.err("hit_header", format!("{name:?} is not a valid header name")));
+            }
+            c.hit_header = Some(name.to_ascii_lowercase());
+        }
+        if top.bool("mark_hits")? == Some(false) {
+            c.hit_header = None;
+        }
+        Ok(c)
+    }
+}
+
+fn read_backend(b: &Obj<'_>, out: &mut Backend) -> Result<(), ConfigError> {
+    if let Some(s) = b.string("cluster")? {
+        if s.is_empty() {
+            return Err(b.err("cluster", "must name the Envoy cluster of the backend"));
+        }
+        out.cluster = s.into();
+    }
+    if let Some(s) = b.string("authority")? {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_graphic()) {
+            return Err(b.err("authority", format!("{s:?} is not a host name")));
+        }
+        out.authority = s.to_ascii_lowercase();
+    }
+    for (key, slot) in [
+        ("inject_path", &mut out.inject_path),
+        ("traces_path", &mut out.traces_path),
+    ] {
+        if let Some(s) = b.string(key)? {
+            if !s.starts_with('/') || !s.bytes().all(|c| c.is_ascii_graphic()) {
+                return Err(b.err(key, format!("{s:?} must be a path starting with `/`")));
+            }
+            *slot = s.into();
+        }
+    }
+    if let Some(s) = b.string("auth_header")? {
+        if !crate::http::is_token(s.as_bytes()) {
+            return Err(b.err("auth_header", format!("{s:?} is not a valid header name")));
+        }
+        out.auth_header = s.to_ascii_lowercase();
+    }
+    if let Some(s) = b.string("api_key")? {
+        if !crate::http::is_safe_value(s.as_bytes()) {
+            return Err(b.err("api_key", "must not contain CR, LF or NUL"));
+        }
+        out.api_key = (!s.is_empty()).then(|| s.to_string());
+    }
+    let ms = "a duration in milliseconds (a positive integer)";
+    for (key, slot) in [
+        ("lookup_timeout_ms", &mut out.lookup_timeout_ms),
+        ("record_timeout_ms", &mut out.record_timeout_ms),
+    ] {
+        if let Some(n) = b.uint(key, ms, MAX_TIMEOUT_MS)? {
+            if n == 0 {
+                return Err(b.err(key, "must be at least 1 ms"));
+            }
+            *slot = n;
+        }
+    }
+    Ok(())
+}
+
+fn read_statuses(top: &Obj<'_>, v: &Value) -> Result<Vec<u16>, ConfigError> {
+    let key = "recordable_statuses";
+    let Value::Array(items) = v else {
+        return Err(top.expected(key, "an array of HTTP status codes", v));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(
+            |(i, item)| match item.as_u64().and_then(|n| u16::try_from(n).ok()) {
+                Some(s) if (100..=599).contains(&s) => Ok(s),
+                _ => Err(top.expected(
+                    &format!("{key}[{i}]"),
+                    "an HTTP status code (100-599)",
+                    item,
+                )),
+            },
+        )
+        .collect()
+}
+
+fn read_rules(r: &Obj<'_>, rules: &mut Rules) -> Result<(), ConfigError> {
+    if let Some(methods) = r.strings("methods")? {
+        rules.methods = methods
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if crate::http::is_token(m.as_bytes()) {
+                    Ok(m.to_ascii_uppercase())
+                } else {
+                    Err(r.err(
+                        &format!("methods[{i}]"),
+                        format!("{m:?} is not an HTTP method"),
+                    ))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    rules.include_hosts = r.patterns("include_hosts")?;
+    rules.exclude_hosts = r.patterns("exclude_hosts")?;
+    rules.include_paths = r.patterns("include_paths")?;
+    rules.exclude_paths = r.patterns("exclude_paths")?;
+    if let Some(b) = r.bool("exempt_otlp_paths")? {
+        rules.exempt_otlp_paths = b;
+    }
+    Ok(())
+}

@@ -1,0 +1,572 @@
+//! The per-request state machine. A host feeds it the events of one HTTP stream and carries out the
+//! [`Decision`] each event returns; the engine itself never calls the host.
+//!
+//! One [`Engine`] per filter configuration (shared by every stream, on every worker thread); one
+//! [`Stream`] per request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::codec::{self, Format, RequestView, ResponseView, SpanIds, SpanMeta};
+use crate::config::{Config, Mode, OnBackendError, RequestMode};
+use crate::http::{self, Header, Response};
+use crate::metrics::{Bypass, Counter, LookupFailure, Metrics};
+use crate::trace;
+
+/// Facts about the proxy the filter runs in, read by the host from Envoy's node metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Node {
+    /// `WORKLOAD_NAME` (e.g. the Deployment name).
+    pub workload_name: Option<String>,
+    /// `NAMESPACE`.
+    pub namespace: Option<String>,
+    /// `NAME` (the pod name).
+    pub name: Option<String>,
+}
+
+/// What the engine needs from its host besides events.
+pub struct Services {
+    /// Where counters go.
+    pub metrics: Arc<dyn Metrics>,
+    /// Wall-clock time in nanoseconds since the Unix epoch (span timestamps only).
+    pub clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Entropy for trace and span ids; must come from a random source, not the clock.
+    pub seed: u64,
+}
+
+/// An HTTP call the host makes to the backend cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callout {
+    /// Envoy cluster name.
+    pub cluster: String,
+    /// Request headers, pseudo-headers (`:method`, `:path`, `:authority`) first.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
+}
+
+impl Callout {
+    /// A header of the callout by name (`:path`, `:authority`, ...).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the host does after an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Let this event's headers or data through.
+    Continue,
+    /// Keep this event's headers or data (request headers: stop iteration; body: stop and buffer).
+    Hold,
+    /// Keep holding, and make this callout to `/v1/inject`; report its outcome with
+    /// [`Stream::on_lookup_result`].
+    Lookup(Callout),
+    /// Answer the client with this response; nothing (more) goes upstream.
+    Serve(Response),
+    /// Release everything held so far and let the stream go on upstream.
+    Resume,
+    /// Let this event through, and send this record (fire and forget, from a context that outlives
+    /// the stream); report the outcome with [`Engine::on_record_result`].
+    Record(Callout),
+    /// Let this event and everything after it through untouched, releasing anything held; the host
+    /// may stop calling the engine for this stream.
+    PassThrough(Bypass),
+}
+
+/// How a lookup callout ended.
+#[derive(Debug, Clone, Copy)]
+pub enum LookupResult<'a> {
+    /// The backend answered.
+    Answer {
+        status: u16,
+        content_type: Option<&'a [u8]>,
+        body: &'a [u8],
+    },
+    /// No answer (timeout or transport failure).
+    Failed(LookupFailure),
+}
+
+/// How a record callout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordResult {
+    Status(u16),
+    Failed,
+    /// The host had to drop it (e.g. its queue was full).
+    Dropped,
+}
+
+/// The engine for one filter configuration.
+pub struct Engine {
+    config: Config,
+    service_name: String,
+    services: Services,
+    ids: AtomicU64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .field("service_name", &self.service_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub fn new(config: Config, node: &Node, services: Services) -> Engine {
+        let service_name = config
+            .service_name
+            .clone()
+            .or_else(|| node.workload_name.clone().filter(|s| !s.is_empty()))
+            .or_else(|| node.name.clone().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "unknown_service".to_string());
+        Engine {
+            ids: AtomicU64::new(services.seed),
+            config,
+            service_name,
+            services,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// `sp.service.name` of every span.
+    pub fn service_name(&self) -> &str {
+        &self.service_name
+    }
+
+    fn count(&self, c: impl Into<Counter>) {
+        self.services.metrics.add(c.into(), 1);
+    }
+
+    fn now(&self) -> u64 {
+        (self.services.clock)()
+    }
+
+    /// A fresh pseudo-random 64-bit value (SplitMix64 over the host's seed; never zero).
+    fn random(&self) -> u64 {
+        loop {
+            let mut z = self
+                .ids
+                .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+                .wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            if z != 0 {
+                return z;
+            }
+        }
+    }
+
+    fn span_id(&self) -> [u8; 8] {
+        self.random().to_be_bytes()
+    }
+
+    fn trace_id(&self) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        let (hi, lo) = id.split_at_mut(8);
+        hi.copy_from_slice(&self.random().to_be_bytes());
+        lo.copy_from_slice(&self.random().to_be_bytes());
+        id
+    }
+
+    /// Counts the outcome of a record callout.
+    pub fn on_record_result(&self, result: RecordResult) {
+        match result {
+            RecordResult::Status(s) if (200..300).contains(&s) => self.count(Counter::RecordsSent),
+            RecordResult::Dropped => self.count(Counter::RecordsDropped),
+            _ => self.count(Counter::RecordFailures),
+        }
+    }
+
+    fn callout(&self, path: &str, accept: bool, body: Vec<u8>, timeout_ms: u64) -> Callout {
+        let b = &self.config.backend;
+        let mut headers = vec![
+            (":method".to_string(), "POST".to_string()),
+            (":path".to_string(), path.to_string()),
+            (":authority".to_string(), b.authority.clone()),
+            (
+                "content-type".to_string(),
+                "application/x-protobuf".to_string(),
+            ),
+        ];
+        if accept {
+            headers.push(("accept".to_string(), "application/x-protobuf".to_string()));
+        }
+        if let Some(key) = &b.api_key {
+            headers.push((b.auth_header.clone(), key.clone()));
+        }
+        Callout {
+            cluster: b.cluster.clone(),
+            headers,
+            body,
+            timeout_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for request headers.
+    Start,
+    /// Not ours: everything passes untouched.
+    PassThrough,
+    /// Buffering the request body for the lookup.
+    BufferingRequest,
+    /// Copying the request body as it passes (record only).
+    CopyingRequest,
+    /// The lookup is out.
+    AwaitingLookup,
+    /// The request went upstream; the response will be recorded if it qualifies.
+    Upstream,
+    /// Copying the response body as it passes.
+    CopyingResponse,
+    /// Served locally or finished: nothing more to do.
+    Done,
+}
+
+/// One request's state. Create one per HTTP stream with [`Stream::new`].
+#[derive(Debug)]
+pub struct Stream {
+    engine: Arc<Engine>,
+    state: State,
+    /// Whether the response of this stream should be recorded once the request is upstream.
+    record: bool,
+    headers: Vec<Header>,
+    method: Vec<u8>,
+    authority: Vec<u8>,
+    path: Vec<u8>,
+    session_id: Option<Vec<u8>>,
+    trace: SpanIds,
+    body: Vec<u8>,
+    start_unix_nanos: u64,
+    status: u16,
+    response_headers: Vec<Header>,
+    response_body: Vec<u8>,
+}
+
+fn pseudo_or<'a>(headers: &'a [Header], pseudo: &str, fallback: &str) -> &'a [u8] {
+    http::header(headers, pseudo)
+        .or_else(|| http::header(headers, fallback))
+        .unwrap_or_default()
+}
+
+fn content_length(headers: &[Header]) -> Option<u64> {
+    std::str::from_utf8(http::header(headers, "content-length")?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl Stream {
+    pub fn new(engine: Arc<Engine>) -> Stream {
+        Stream {
+            engine,
+            state: State::Start,
+            record: false,
+            headers: Vec::new(),
+            method: Vec::new(),
+            authority: Vec::new(),
+            path: Vec::new(),
+            session_id: None,
+            trace: SpanIds::default(),
+            body: Vec::new(),
+            start_unix_nanos: 0,
+            status: 0,
+            response_headers: Vec::new(),
+            response_body: Vec::new(),
+        }
+    }
+
+    /// The engine this stream belongs to.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// True once the engine has nothing more to do with this stream.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::PassThrough | State::Done)
+    }
+
+    fn bypass(&mut self, why: Bypass) -> Decision {
+        self.engine.count(why);
+        self.state = State::PassThrough;
+        self.body = Vec::new();
+        self.response_body = Vec::new();
+        Decision::PassThrough(why)
+    }
+
+    fn config(&self) -> &Config {
+        &self.engine.config
+    }
+
+    /// The request headers arrived (pseudo-headers included, in order, values as bytes).
+    pub fn on_request_headers(&mut self, headers: Vec<Header>, end_of_stream: bool) -> Decision {
+        if self.state != State::Start {
+            return Decision::Continue;
+        }
+        self.engine.count(Counter::Requests);
+        let mode = self.config().mode;
+        if mode == Mode::Off {
+            return self.bypass(Bypass::ModeOff);
+        }
+        let method = pseudo_or(&headers, ":method", ":method").to_ascii_uppercase();
+        if method == b"CONNECT" || http::header(&headers, "upgrade").is_some() {
+            return self.bypass(Bypass::Upgrade);
+        }
+        if http::header(&headers, "content-type")
+            .is_some_and(|ct| ct.starts_with(b"application/grpc"))
+        {
+            return self.bypass(Bypass::Grpc);
+        }
+        let authority = pseudo_or(&headers, ":authority", "host").to_vec();
+        let path = pseudo_or(&headers, ":path", ":path").to_vec();
+        if let Err(why) = self.config().rules.check(&method, &authority, &path) {
+            return self.bypass(why);
+        }
+        let limit = self.config().max_request_body_bytes;
+        if content_length(&headers).is_some_and(|n| n > limit as u64) {
+            return self.bypass(Bypass::RequestTooLarge);
+        }
+        self.session_id = self
+            .config()
+            .session_id_headers
+            .iter()
+            .find_map(|h| http::header(&headers, h))
+            .map(<[u8]>::to_vec)
+            .or_else(|| trace::session_from_tracestate(&headers));
+        self.trace = match trace::parent(&headers) {
+            Some(parent) => SpanIds {
+                trace_id: parent.trace_id,
+                span_id: [0; 8],
+                parent_span_id: Some(parent.span_id),
+                trace_state: parent.trace_state,
+            },
+            None => SpanIds {
+                trace_id: self.engine.trace_id(),
+                ..SpanIds::default()
+            },
+        };
+        self.method = method;
+        self.authority = authority;
+        self.path = path;
+        self.headers = headers;
+        self.start_unix_nanos = self.engine.now();
+        self.record = mode.records();
+        if mode.looks_up() {
+            if end_of_stream {
+                return self.lookup();
+            }
+            self.state = State::BufferingRequest;
+            match self.config().request_mode {
+                RequestMode::HoldHeaders => Decision::Hold,
+                RequestMode::StreamHeaders => Decision::Continue,
+            }
+        } else {
+            self.state = if end_of_stream {
+                State::Upstream
+            } else {
+                State::CopyingRequest
+            };
+            Decision::Continue
+        }
+    }
+
+    /// A chunk of the request body arrived (`chunk` holds only the new bytes).
+    pub fn on_request_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Decision {
+        match self.state {
+            State::BufferingRequest | State::CopyingRequest => {}
+            _ => return Decision::Continue,
+        }
+        if self.body.len().saturating_add(chunk.len()) > self.config().max_request_body_bytes {
+            return self.bypass(Bypass::RequestTooLarge);
+        }
+        self.body.extend_from_slice(chunk);
+        self.engine
+            .services
+            .metrics
+            .add(Counter::BytesBuffered, chunk.len() as u64);
+        match (self.state, end_of_stream) {
+            (State::BufferingRequest, true) => self.lookup(),
+            (State::BufferingRequest, false) => Decision::Hold,
+            (_, true) => {
+                self.state = State::Upstream;
+                Decision::Continue
+            }
+            (_, false) => Decision::Continue,
+        }
+    }
+
+    /// Request trailers arrived: the request body is complete.
+    pub fn on_request_trailers(&mut self) -> Decision {
+        self.on_request_body(&[], true)
+    }
+
+    fn request_view(&self) -> RequestView<'_> {
+        RequestView {
+            method: &self.method,
+            authority: &self.authority,
+            path: &self.path,
+            headers: &self.headers,
+            body: &self.body,
+        }
+    }
+
+    fn meta<'a>(&'a self, ids: &'a SpanIds, end: u64) -> SpanMeta<'a> {
+        SpanMeta {
+            service_name: &self.engine.service_name,
+            direction: self.config().traffic_direction,
+            session_id: self.session_id.as_deref(),
+            ids,
+            start_unix_nanos: self.start_unix_nanos,
+            end_unix_nanos: end,
+            redactor: &self.config().redactor,
+        }
+    }
+
+    fn span_ids(&self) -> SpanIds {
+        SpanIds {
+            span_id: self.engine.span_id(),
+            ..self.trace.clone()
+        }
+    }
+
+    fn lookup(&mut self) -> Decision {
+        self.state = State::AwaitingLookup;
+        self.engine.count(Counter::Lookups);
+        let ids = self.span_ids();
+        let now = self.engine.now();
+        let body = codec::encode_inject(&self.meta(&ids, now), &self.request_view());
+        let b = &self.config().backend;
+        Decision::Lookup(
+            self.engine
+                .callout(&b.inject_path, true, body, b.lookup_timeout_ms),
+        )
+    }
+
+    /// The lookup callout ended.
+    pub fn on_lookup_result(&mut self, result: LookupResult<'_>) -> Decision {
+        if self.state != State::AwaitingLookup {
+            return Decision::Continue;
+        }
+        let failure = match result {
+            LookupResult::Answer { status: 404, .. } => {
+                self.engine.count(Counter::Misses);
+                self.state = State::Upstream;
+                return Decision::Resume;
+            }
+            LookupResult::Answer {
+                status: 200,
+                content_type,
+                body,
+            } => match codec::decode_answer(body, Format::from_content_type(content_type)) {
+                Ok(mut response) => {
+                    self.engine.count(Counter::Hits);
+                    self.state = State::Done;
+                    self.body = Vec::new();
+                    if let Some(h) = &self.config().hit_header {
+                        response.headers.push((h.clone(), b"hit".to_vec()));
+                    }
+                    return Decision::Serve(response);
+                }
+                Err(codec::AnswerError::Rejected(_)) => LookupFailure::Rejected,
+                Err(_) => LookupFailure::Undecodable,
+            },
+            LookupResult::Answer { .. } => LookupFailure::Status,
+            LookupResult::Failed(f) => f,
+        };
+        self.engine.count(failure);
+        self.state = State::Done;
+        self.body = Vec::new();
+        match self.config().on_backend_error {
+            OnBackendError::PassThrough => Decision::Resume,
+            OnBackendError::Fail => Decision::Serve(Response {
+                status: 502,
+                headers: vec![("content-type".into(), b"text/plain".to_vec())],
+                body: b"transparent-cache: the cache backend lookup failed\n".to_vec(),
+            }),
+        }
+    }
+
+    /// The upstream's response headers arrived.
+    pub fn on_response_headers(
+        &mut self,
+        status: u16,
+        headers: Vec<Header>,
+        end_of_stream: bool,
+    ) -> Decision {
+        if self.state != State::Upstream || !self.record {
+            return Decision::Continue;
+        }
+        if !self.config().recordable_statuses.contains(&status) {
+            self.bypass(Bypass::Status);
+            return Decision::Continue;
+        }
+        let limit = self.config().max_response_body_bytes;
+        if content_length(&headers).is_some_and(|n| n > limit as u64) {
+            self.bypass(Bypass::ResponseTooLarge);
+            return Decision::Continue;
+        }
+        self.status = status;
+        self.response_headers = headers;
+        self.state = State::CopyingResponse;
+        if end_of_stream {
+            return self.finish();
+        }
+        Decision::Continue
+    }
+
+    /// A chunk of the response body passed (`chunk` holds only the new bytes).
+    pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Decision {
+        if self.state != State::CopyingResponse {
+            return Decision::Continue;
+        }
+        if self.response_body.len().saturating_add(chunk.len())
+            > self.config().max_response_body_bytes
+        {
+            self.bypass(Bypass::ResponseTooLarge);
+            return Decision::Continue;
+        }
+        self.response_body.extend_from_slice(chunk);
+        self.engine
+            .services
+            .metrics
+            .add(Counter::BytesBuffered, chunk.len() as u64);
+        if end_of_stream {
+            return self.finish();
+        }
+        Decision::Continue
+    }
+
+    /// Response trailers arrived: the response is complete.
+    pub fn on_response_trailers(&mut self) -> Decision {
+        self.on_response_body(&[], true)
+    }
+
+    fn finish(&mut self) -> Decision {
+        self.state = State::Done;
+        let ids = self.span_ids();
+        let now = self.engine.now();
+        let response = ResponseView {
+            status: self.status,
+            headers: &self.response_headers,
+            body: &self.response_body,
+        };
+        let body = codec::encode_extract(&self.meta(&ids, now), &self.request_view(), &response);
+        self.body = Vec::new();
+        self.response_body = Vec::new();
+        let b = &self.config().backend;
+        Decision::Record(
+            self.engine
+                .callout(&b.traces_path, false, body, b.record_timeout_ms),
+        )
+    }
+}

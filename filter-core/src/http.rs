@@ -1,0 +1,61 @@
+//! HTTP values as the hosts hand them over: names and values as bytes, repeated headers in order.
+
+/// One header line. Names from Envoy are lower-case; values may be any bytes (not only UTF-8).
+pub type Header = (Vec<u8>, Vec<u8>);
+
+/// The first value of a header, by case-insensitive name.
+pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| v.as_slice())
+}
+
+/// Headers grouped by lower-case name, first appearance first, values in the order they came.
+pub fn group(headers: &[Header]) -> Vec<(String, Vec<&[u8]>)> {
+    let mut out: Vec<(String, Vec<&[u8]>)> = Vec::new();
+    for (name, value) in headers {
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, values)) => values.push(value),
+            None => out.push((name, vec![value.as_slice()])),
+        }
+    }
+    out
+}
+
+/// True for RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A header name that is an RFC 9110 token.
+pub fn is_token(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|&b| is_tchar(b))
+}
+
+/// A header value without CR, LF or NUL.
+pub fn is_safe_value(value: &[u8]) -> bool {
+    !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+/// Hop-by-hop and framing headers the host must own; never replayed from a recording.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+];
+
+/// A complete HTTP response, as replayed on a hit.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Response {
+    pub status: u16,
+    /// Lower-case names, in order; repeated names appear once per value.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
