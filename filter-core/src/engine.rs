@@ -472,6 +472,9 @@ impl Stream {
                     self.engine.count(Counter::Hits);
                     self.state = State::Done;
                     self.body = Vec::new();
+                    if self.method == b"HEAD" {
+                        response.body = Vec::new();
+                    }
                     if let Some(h) = &self.config().hit_header {
                         response.headers.push((h.clone(), b"hit".to_vec()));
                     }
