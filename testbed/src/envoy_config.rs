@@ -1,0 +1,138 @@
+//! Static Envoy bootstrap configs for tests.
+//!
+//! [`plain`] is a proxy with no extra filter. [`with_filters`] adds HTTP
+//! filter snippets (placed before the router, in order) and extra cluster
+//! snippets; each snippet is one YAML mapping written at column 0, e.g.
+//!
+//! ```text
+//! name: envoy.filters.http.wasm
+//! typed_config:
+//!   "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+//! ```
+//!
+//! The listener is named `main` (stat prefix `ingress_http`) and routes every
+//! request to cluster `upstream` (HTTP/1.1).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+/// A proxy with no extra filter: listener on 127.0.0.1:`listener_port`,
+/// admin on 127.0.0.1:`admin_port` (0 = let Envoy pick; [`crate::Envoy`]
+/// discovers the real ports), everything routed to `upstream_addr`.
+pub fn plain(listener_port: u16, admin_port: u16, upstream_addr: SocketAddr) -> String {
+    with_filters(listener_port, admin_port, upstream_addr, &[], &[])
+}
+
+/// Like [`plain`] plus `http_filters` (before the router, in order) and
+/// `extra_clusters` (after cluster `upstream`).
+pub fn with_filters(
+    listener_port: u16,
+    admin_port: u16,
+    upstream_addr: SocketAddr,
+    http_filters: &[String],
+    extra_clusters: &[String],
+) -> String {
+    let mut filters = String::new();
+    for f in http_filters {
+        filters.push_str(&list_item(f, 10));
+    }
+    let mut clusters = list_item(&cluster("upstream", upstream_addr), 2);
+    for c in extra_clusters {
+        clusters.push_str(&list_item(c, 2));
+    }
+    format!(
+        r#"admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
+static_resources:
+  listeners:
+  - name: main
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+          codec_type: AUTO
+          route_config:
+            name: local_route
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: upstream, timeout: 30s }}
+          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}"#
+    )
+}
+
+/// A static HTTP/1.1 cluster snippet named `name` with one endpoint.
+pub fn cluster(name: &str, addr: SocketAddr) -> String {
+    format!(
+        r#"name: {name}
+type: STATIC
+connect_timeout: 1s
+load_assignment:
+  cluster_name: {name}
+  endpoints:
+  - lb_endpoints:
+    - endpoint:
+        address:
+          socket_address: {{ address: {ip}, port_value: {port} }}
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config:
+      http_protocol_options: {{}}
+"#,
+        ip = addr.ip(),
+        port = addr.port()
+    )
+}
+
+/// Indents a column-0 YAML mapping as a list item at `indent` spaces.
+fn list_item(snippet: &str, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let mut out = String::new();
+    for (i, line) in snippet.trim_end().lines().enumerate() {
+        let marker = if i == 0 { "- " } else { "  " };
+        if line.trim().is_empty() {
+            out.push('\n');
+        } else {
+            let _ = writeln!(out, "{pad}{marker}{line}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_go_before_router_and_clusters_after_upstream() {
+        let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let y = with_filters(
+            1,
+            2,
+            up,
+            &["name: my.filter\ntyped_config:\n  a: 1".to_string()],
+            &[cluster("backend", "127.0.0.1:7".parse().unwrap())],
+        );
+        let f = y
+            .find("          - name: my.filter\n            typed_config:\n              a: 1\n")
+            .unwrap();
+        let r = y.find("- name: envoy.filters.http.router").unwrap();
+        assert!(f < r);
+        let u = y.find("  - name: upstream\n").unwrap();
+        let b = y.find("  - name: backend\n").unwrap();
+        assert!(u < b);
+    }
+}

@@ -1,0 +1,81 @@
+//! The fake Softprobe backend: `POST /v1/inject` and `POST /v1/traces` that
+//! answer well or badly on command (see the `fake-backend` binary).
+
+pub mod model;
+pub mod server;
+
+use crate::service::Service;
+use anyhow::Result;
+use model::{Behaviour, Received};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// A running `fake-backend` process (killed on drop) and its control client.
+pub struct FakeBackend {
+    svc: Service,
+}
+
+impl FakeBackend {
+    /// Starts the binary found by [`crate::bins::locate`] on ephemeral ports.
+    pub async fn start() -> Result<Self> {
+        let bin = tokio::task::spawn_blocking(|| crate::bins::locate("fake-backend")).await??;
+        Self::start_with_binary(&bin).await
+    }
+
+    /// Starts the given `fake-backend` binary on ephemeral ports.
+    pub async fn start_with_binary(binary: &Path) -> Result<Self> {
+        Ok(Self {
+            svc: Service::start("fake-backend", binary).await?,
+        })
+    }
+
+    /// Address serving `/v1/inject` and `/v1/traces`.
+    pub fn addr(&self) -> SocketAddr {
+        self.svc.addr
+    }
+
+    /// Address of the control listener.
+    pub fn control_addr(&self) -> SocketAddr {
+        self.svc.control
+    }
+
+    /// Sets how `/v1/inject` answers (default: miss).
+    pub async fn set_inject(&self, b: &Behaviour) -> Result<()> {
+        self.svc.put_json("/inject-behaviour", b).await
+    }
+
+    /// Sets how `/v1/traces` answers (default: 200).
+    pub async fn set_traces(&self, b: &Behaviour) -> Result<()> {
+        self.svc.put_json("/traces-behaviour", b).await
+    }
+
+    /// Everything received on the backend listener, in order.
+    pub async fn received(&self) -> Result<Vec<Received>> {
+        self.svc.get_json("/received").await
+    }
+
+    /// What was received on one path, e.g. `/v1/traces`.
+    pub async fn received_on(&self, path: &str) -> Result<Vec<Received>> {
+        Ok(self
+            .received()
+            .await?
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect())
+    }
+
+    /// Forgets what was received.
+    pub async fn clear_received(&self) -> Result<()> {
+        self.svc.delete("/received").await
+    }
+
+    /// The process's stdout/stderr log.
+    pub fn log(&self) -> String {
+        self.svc.proc.log()
+    }
+
+    /// The last `n` log lines, for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        self.svc.proc.log_tail(n)
+    }
+}

@@ -1,0 +1,99 @@
+//! Starting one of the testbed's own server binaries and talking to its
+//! control listener.
+
+use crate::proc::{test_dir, Proc};
+use crate::raw::{Body, RawRequest, RawResponse};
+use anyhow::{anyhow, bail, Context, Result};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// How long a testbed binary may take to print its READY line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Timeout of one control-API call.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running testbed binary with its proxied and control addresses.
+pub struct Service {
+    /// The process (killed on drop). Declared first so it dies before the dir goes.
+    pub proc: Proc,
+    /// Address of the listener that tests (or Envoy) send traffic to.
+    pub addr: SocketAddr,
+    /// Address of the control listener.
+    pub control: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn field(line: &str, key: &str) -> Result<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .ok_or_else(|| anyhow!("no {key} in READY line {line:?}"))?
+        .parse()
+        .with_context(|| format!("bad address in READY line {line:?}"))
+}
+
+impl Service {
+    /// Spawns `binary --listen 127.0.0.1:0 --control 127.0.0.1:0` and waits
+    /// for its `READY proxied=.. control=..` line.
+    pub async fn start(name: &str, binary: &Path) -> Result<Service> {
+        let dir = test_dir(name)?;
+        let mut cmd = Command::new(binary);
+        cmd.args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"]);
+        let mut proc = Proc::spawn(name, cmd, dir.path())?;
+        let line = proc.wait_for_log_line("READY ", START_TIMEOUT).await?;
+        let addr = field(&line, "proxied=")?;
+        let control = field(&line, "control=")?;
+        Ok(Service {
+            proc,
+            addr,
+            control,
+            _dir: dir,
+        })
+    }
+
+    /// Calls the control API; non-2xx answers are errors.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        json: Option<Vec<u8>>,
+    ) -> Result<RawResponse> {
+        let mut req = RawRequest::new(method, path);
+        if let Some(body) = json {
+            req = req
+                .header("content-type", "application/json")
+                .body(Body::ContentLength(vec![body]));
+        }
+        let resp = crate::raw::send(self.control, &req, CONTROL_TIMEOUT)
+            .await
+            .with_context(|| format!("{} control API", self.proc.name()))?;
+        if !(200..300).contains(&resp.status) {
+            bail!(
+                "{} control {method} {path} answered {}: {}",
+                self.proc.name(),
+                resp.status,
+                resp.body_str()
+            );
+        }
+        Ok(resp)
+    }
+
+    /// PUTs a JSON value.
+    pub async fn put_json(&self, path: &str, value: &impl serde::Serialize) -> Result<()> {
+        self.call("PUT", path, Some(serde_json::to_vec(value)?))
+            .await?;
+        Ok(())
+    }
+
+    /// GETs and parses JSON.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call("GET", path, None).await?.json()
+    }
+
+    /// Sends a DELETE.
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        self.call("DELETE", path, None).await?;
+        Ok(())
+    }
+}
