@@ -594,3 +594,6 @@ fn read_rules(r: &Obj<'_>, rules: &mut Rules) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
