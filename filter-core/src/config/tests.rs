@@ -1,0 +1,194 @@
+use super::*;
+
+fn err(json: &str) -> ConfigError {
+    Config::from_json(json.as_bytes()).unwrap_err()
+}
+
+#[test]
+fn empty_input_means_defaults() {
+    for input in ["", "  \n", "{}"] {
+        let c = Config::from_json(input.as_bytes()).unwrap();
+        assert_eq!(c.mode, Mode::RecordAndInject);
+        assert_eq!(c.backend.cluster, "outbound|443||o.softprobe.ai");
+        assert_eq!(c.backend.lookup_timeout_ms, 500);
+        assert_eq!(c.backend.record_timeout_ms, 5000);
+        assert_eq!(c.recordable_statuses, vec![200]);
+        assert_eq!(c.request_mode, RequestMode::StreamHeaders);
+        assert_eq!(c.hit_header.as_deref(), Some("x-softprobe-cache"));
+        assert!(c.redactor.is_redacted("authorization"));
+        assert!(c.redactor.is_redacted("set-cookie"));
+    }
+}
+
+#[test]
+fn every_key_is_read() {
+    let c = Config::from_json(
+        br#"{
+        "mode": "inject_only",
+        "backend": {"cluster": "sp", "authority": "Backend.Local:4318", "inject_path": "/i",
+                    "traces_path": "/t", "auth_header": "Authorization", "api_key": "k",
+                    "lookup_timeout_ms": 50, "record_timeout_ms": 60},
+        "service_name": "checkout",
+        "traffic_direction": "inbound",
+        "session_id_headers": ["X-Session", "x-sp-session-id"],
+        "recordable_statuses": [200, 201],
+        "max_request_body_bytes": 10,
+        "max_response_body_bytes": 20,
+        "request_mode": "hold_headers",
+        "on_backend_error": "fail",
+        "rules": {"methods": ["get"], "include_hosts": ["api\\..*"], "exclude_hosts": ["x"],
+                  "include_paths": ["/v2/.*"], "exclude_paths": ["/v2/health"], "exempt_otlp_paths": false},
+        "redact_headers": ["X-Secret"],
+        "mark_hits": true,
+        "hit_header": "X-Cache"
+    }"#,
+    )
+    .unwrap();
+    assert_eq!(c.mode, Mode::InjectOnly);
+    assert_eq!(c.backend.cluster, "sp");
+    assert_eq!(c.backend.authority, "backend.local:4318");
+    assert_eq!(c.backend.inject_path, "/i");
+    assert_eq!(c.backend.traces_path, "/t");
+    assert_eq!(c.backend.auth_header, "authorization");
+    assert_eq!(c.backend.api_key.as_deref(), Some("k"));
+    assert_eq!(
+        (c.backend.lookup_timeout_ms, c.backend.record_timeout_ms),
+        (50, 60)
+    );
+    assert_eq!(c.service_name.as_deref(), Some("checkout"));
+    assert_eq!(c.traffic_direction, Direction::Inbound);
+    assert_eq!(c.session_id_headers, vec!["x-session", "x-sp-session-id"]);
+    assert_eq!(c.recordable_statuses, vec![200, 201]);
+    assert_eq!(
+        (c.max_request_body_bytes, c.max_response_body_bytes),
+        (10, 20)
+    );
+    assert_eq!(c.request_mode, RequestMode::HoldHeaders);
+    assert_eq!(c.on_backend_error, OnBackendError::Fail);
+    assert_eq!(c.rules.methods, vec!["GET"]);
+    assert_eq!(c.rules.backend_host, "backend.local");
+    assert!(!c.rules.exempt_otlp_paths);
+    assert_eq!(c.rules.include_hosts.len(), 1);
+    assert!(c.redactor.is_redacted("x-secret"));
+    assert!(!c.redactor.is_redacted("authorization"));
+    assert_eq!(c.hit_header.as_deref(), Some("x-cache"));
+}
+
+#[test]
+fn unknown_key_suggests_the_closest() {
+    let e = err(r#"{"max_body": 10}"#);
+    assert_eq!(e.key, "max_body");
+    assert_eq!(
+        e.to_string(),
+        "config key `max_body`: unknown config key `max_body`; did you mean `max_request_body_bytes`?"
+    );
+    assert!(err(r#"{"mdoe": "off"}"#)
+        .message
+        .contains("did you mean `mode`?"));
+    let nested = err(r#"{"backend": {"lookup_timeout": 5}}"#);
+    assert_eq!(nested.key, "backend.lookup_timeout");
+    assert!(
+        nested
+            .message
+            .contains("did you mean `backend.lookup_timeout_ms`?"),
+        "{nested}"
+    );
+    let far = err(r#"{"zzzzzz": 1}"#);
+    assert!(
+        far.message.contains("known keys here: mode, backend"),
+        "{far}"
+    );
+}
+
+#[test]
+fn wrong_types_say_what_is_expected() {
+    let e = err(r#"{"backend": {"lookup_timeout_ms": "500ms"}}"#);
+    assert_eq!(e.key, "backend.lookup_timeout_ms");
+    assert!(
+        e.message.contains("expected a duration in milliseconds"),
+        "{e}"
+    );
+    assert!(e.message.contains("\"500ms\""), "{e}");
+    let e = err(r#"{"mode": "cache"}"#);
+    assert!(
+        e.message
+            .contains("`record_and_inject`, `record_only`, `inject_only`, `off`"),
+        "{e}"
+    );
+    let e = err(r#"{"recordable_statuses": [200, 99]}"#);
+    assert_eq!(e.key, "recordable_statuses[1]");
+    let e = err(r#"{"session_id_headers": "x-id"}"#);
+    assert!(e.message.contains("expected an array of strings"), "{e}");
+    let e = err(r#"{"rules": []}"#);
+    assert_eq!(e.key, "rules");
+    let e = err(r#"[1]"#);
+    assert!(e.message.contains("expected an object"), "{e}");
+    let e = err(r#"{"max_request_body_bytes": -1}"#);
+    assert!(e.message.contains("non-negative integer"), "{e}");
+    let e = err(r#"{"max_request_body_bytes": 1e12}"#);
+    assert_eq!(e.key, "max_request_body_bytes");
+    let e = err(r#"{"max_response_body_bytes": 100000000000}"#);
+    assert!(e.message.contains("too large"), "{e}");
+    let e = err(r#"{"backend": {"lookup_timeout_ms": 0}}"#);
+    assert!(e.message.contains("at least 1 ms"), "{e}");
+}
+
+#[test]
+fn values_are_validated() {
+    assert_eq!(
+        err(r#"{"backend": {"inject_path": "v1/inject"}}"#).key,
+        "backend.inject_path"
+    );
+    assert_eq!(
+        err(r#"{"backend": {"auth_header": "x y"}}"#).key,
+        "backend.auth_header"
+    );
+    assert_eq!(
+        err(r#"{"backend": {"cluster": ""}}"#).key,
+        "backend.cluster"
+    );
+    assert_eq!(
+        err(r#"{"backend": {"api_key": "a\nb"}}"#).key,
+        "backend.api_key"
+    );
+    assert_eq!(
+        err(r#"{"redact_headers": ["bad header"]}"#).key,
+        "redact_headers[0]"
+    );
+    assert_eq!(err(r#"{"hit_header": ":x"}"#).key, "hit_header");
+    assert_eq!(err(r#"{"service_name": " "}"#).key, "service_name");
+    assert_eq!(
+        err(r#"{"rules": {"methods": ["G ET"]}}"#).key,
+        "rules.methods[0]"
+    );
+}
+
+#[test]
+fn invalid_patterns_name_the_pattern() {
+    let e = err(r#"{"rules": {"exclude_paths": ["/ok", "/health("]}}"#);
+    assert_eq!(e.key, "rules.exclude_paths[1]");
+    assert!(e.message.contains("invalid pattern \"/health(\""), "{e}");
+}
+
+#[test]
+fn invalid_json_is_reported() {
+    let e = err("{\"mode\": ");
+    assert!(
+        e.to_string()
+            .starts_with("invalid transparent-cache config: not valid JSON"),
+        "{e}"
+    );
+}
+
+#[test]
+fn mark_hits_false_removes_the_marker() {
+    let c = Config::from_json(br#"{"mark_hits": false}"#).unwrap();
+    assert_eq!(c.hit_header, None);
+}
+
+#[test]
+fn null_means_default() {
+    let c = Config::from_json(br#"{"service_name": null, "backend": {"api_key": null}}"#).unwrap();
+    assert_eq!(c.service_name, None);
+    assert_eq!(c.backend.api_key, None);
+}
