@@ -19,13 +19,15 @@ use crate::metrics::{AtomicCounters, Counter, LookupFailure};
 use crate::otlp::{self, Value};
 use crate::Config;
 
-/// Bytes in a case file: a UTF-8 string, `{"base64": "..."}`, or `{"repeat": "ab", "times": 3}`.
+/// Bytes in a case file: a UTF-8 string, `{"base64": "..."}`, `{"repeat": "ab", "times": 3}`, or
+/// `{"json": <any JSON>}` (that document, serialized compactly: hand-written OTLP JSON answers).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Bytes {
     Text(String),
     Base64 { base64: String },
     Repeat { repeat: String, times: usize },
+    Json { json: Json },
 }
 
 impl Bytes {
@@ -36,6 +38,7 @@ impl Bytes {
                 .decode(base64)
                 .unwrap_or_else(|_| b"<invalid base64 in golden case>".to_vec()),
             Bytes::Repeat { repeat, times } => repeat.as_bytes().repeat(*times),
+            Bytes::Json { json } => json.to_string().into_bytes(),
         }
     }
 }
@@ -414,11 +417,15 @@ struct Sim<'a> {
 impl Sim<'_> {
     fn run(&mut self) -> Result<(), String> {
         let req = &self.case.request;
-        let chunks: Vec<Vec<u8>> = req.body.iter().map(Bytes::to_vec).collect();
+        let mut chunks: Vec<Vec<u8>> = req.body.iter().map(Bytes::to_vec).collect();
         let mut headers = req.engine_headers();
         if chunks.len() == 1 {
             let len = chunks.first().map_or(0, Vec::len);
             headers.push((b"content-length".to_vec(), len.to_string().into_bytes()));
+            if len == 0 {
+                // `content-length: 0`: Envoy ends the stream with the headers.
+                chunks.clear();
+            }
         }
         // Held data, released on Resume / PassThrough.
         let mut held_headers = false;
@@ -531,9 +538,12 @@ impl Sim<'_> {
         } else {
             up.body.to_vec()
         };
-        if !headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
+        // Like a real server: no length on responses that cannot have a body (1xx, 204).
+        let bodiless = up.status < 200 || up.status == 204;
+        if !bodiless
+            && !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
         {
             headers.push((
                 b"content-length".to_vec(),
