@@ -1,0 +1,37 @@
+# transparent-cache: the two commands of the quick start are `make up` and `make test`.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+WASM_TARGET := wasm32-unknown-unknown
+# Crates that build for wasm32 (the engine and the plugin); the rest are host-only.
+WASM_CRATES := $(foreach c,filter-core filter-wasm,$(if $(wildcard $(c)/Cargo.toml),-p $(c)))
+
+.PHONY: help test lint fmt fmt-check clippy wasm-target envoy clean
+
+help: ## List the targets.
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+wasm-target:
+	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+envoy: ## Install the pinned Envoy (.envoy-version) into the cache folder and print its path.
+	@scripts/ensure-envoy.sh
+
+test: wasm-target ## Every test: unit, property, golden (engine), backend, and end-to-end through real Envoy.
+	$(CARGO) build --locked --target $(WASM_TARGET) $(WASM_CRATES)
+	$(CARGO) test --locked --workspace
+
+fmt: ## Format the code.
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy: wasm-target ## Lint, warnings as errors, for the host and for wasm32.
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked --target $(WASM_TARGET) $(WASM_CRATES) -- -D warnings
+
+lint: fmt-check clippy ## fmt --check and clippy.
+
+clean: ## Remove build output (the backend's data and the Envoy cache are kept).
+	$(CARGO) clean
