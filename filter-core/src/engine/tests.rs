@@ -1,0 +1,421 @@
+//! Engine decisions the golden cases cannot express: what each event returns per request mode,
+//! bypasses decided at the headers, events after the end, and the callouts' own headers.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::metrics::AtomicCounters;
+
+fn engine_with(config: &str) -> (Arc<Engine>, Arc<AtomicCounters>) {
+    let counters = Arc::new(AtomicCounters::default());
+    let config = Config::from_json(config.as_bytes()).unwrap();
+    let engine = Engine::new(
+        config,
+        &Node::default(),
+        Services {
+            metrics: counters.clone(),
+            clock: Box::new(|| 1_000),
+            seed: 1,
+        },
+    );
+    (Arc::new(engine), counters)
+}
+
+fn stream(config: &str) -> (Stream, Arc<AtomicCounters>) {
+    let (engine, counters) = engine_with(config);
+    (Stream::new(engine), counters)
+}
+
+fn request(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<Header> {
+    let mut h: Vec<Header> = vec![
+        (b":method".to_vec(), method.as_bytes().to_vec()),
+        (b":path".to_vec(), path.as_bytes().to_vec()),
+        (b":authority".to_vec(), b"api.example.com".to_vec()),
+        (b":scheme".to_vec(), b"http".to_vec()),
+    ];
+    h.extend(
+        extra
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())),
+    );
+    h
+}
+
+fn response(extra: &[(&str, &str)]) -> Vec<Header> {
+    let mut h: Vec<Header> = vec![(b":status".to_vec(), b"200".to_vec())];
+    h.extend(
+        extra
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())),
+    );
+    h
+}
+
+const MISS: LookupResult<'static> = LookupResult::Answer {
+    status: 404,
+    content_type: None,
+    body: b"",
+};
+
+fn hit_answer() -> Vec<u8> {
+    codec::encode_answer(
+        "test",
+        &SpanIds {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            ..SpanIds::default()
+        },
+        &Response {
+            status: 200,
+            headers: vec![("content-type".into(), b"text/plain".to_vec())],
+            body: b"recorded".to_vec(),
+        },
+    )
+}
+
+fn hit(body: &[u8]) -> LookupResult<'_> {
+    LookupResult::Answer {
+        status: 200,
+        content_type: Some(b"application/x-protobuf"),
+        body,
+    }
+}
+
+fn callout(d: Decision) -> Callout {
+    match d {
+        Decision::Lookup(c) | Decision::Record(c) => c,
+        other => panic!("expected a callout, got {other:?}"),
+    }
+}
+
+#[test]
+fn hold_headers_holds_the_headers_and_the_body_until_the_lookup() {
+    let (mut s, _) = stream(r#"{"request_mode": "hold_headers"}"#);
+    let d = s.on_request_headers(request("POST", "/orders", &[]), false);
+    assert_eq!(d, Decision::Hold);
+    assert_eq!(s.on_request_body(b"{\"a\":", false), Decision::Hold);
+    let c = callout(s.on_request_body(b"1}", true));
+    assert_eq!(c.header(":path"), Some("/v1/inject"));
+    assert_eq!(s.on_lookup_result(MISS), Decision::Resume);
+}
+
+#[test]
+fn stream_headers_lets_the_headers_go_and_holds_the_body() {
+    let (mut s, _) = stream(r#"{"request_mode": "stream_headers"}"#);
+    let d = s.on_request_headers(request("POST", "/orders", &[]), false);
+    assert_eq!(d, Decision::Continue);
+    assert_eq!(s.on_request_body(b"{\"a\":", false), Decision::Hold);
+    assert!(matches!(
+        s.on_request_body(b"1}", true),
+        Decision::Lookup(_)
+    ));
+}
+
+#[test]
+fn a_request_without_a_body_is_looked_up_at_the_headers_in_both_modes() {
+    for mode in ["hold_headers", "stream_headers"] {
+        let (mut s, _) = stream(&format!(r#"{{"request_mode": "{mode}"}}"#));
+        let d = s.on_request_headers(request("GET", "/items", &[]), true);
+        assert!(matches!(d, Decision::Lookup(_)), "{mode}: {d:?}");
+    }
+}
+
+#[test]
+fn trailers_end_the_request_body() {
+    let (mut s, _) = stream(r#"{"request_mode": "hold_headers"}"#);
+    s.on_request_headers(request("POST", "/orders", &[]), false);
+    assert_eq!(s.on_request_body(b"abc", false), Decision::Hold);
+    let c = callout(s.on_request_trailers());
+    let traces = codec::decode_traces(&c.body, Format::Protobuf).unwrap();
+    let (rs, span) = traces.spans().next().unwrap();
+    assert_eq!(codec::read_span(rs, span).unwrap().request_body, b"abc");
+}
+
+#[test]
+fn record_only_never_holds_and_never_looks_up() {
+    for mode in ["hold_headers", "stream_headers"] {
+        let (mut s, c) = stream(&format!(
+            r#"{{"mode": "record_only", "request_mode": "{mode}"}}"#
+        ));
+        let d = s.on_request_headers(request("POST", "/orders", &[]), false);
+        assert_eq!(d, Decision::Continue, "{mode}");
+        assert_eq!(s.on_request_body(b"x", true), Decision::Continue, "{mode}");
+        assert_eq!(c.get(Counter::Lookups), 0);
+        let d = s.on_response_headers(200, response(&[("content-length", "2")]), false);
+        assert_eq!(d, Decision::Continue);
+        assert!(matches!(
+            s.on_response_body(b"ok", true),
+            Decision::Record(_)
+        ));
+    }
+}
+
+#[test]
+fn upgrade_and_connect_bypass_at_the_headers() {
+    let (mut s, c) = stream("{}");
+    let d = s.on_request_headers(
+        request(
+            "GET",
+            "/ws",
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+        ),
+        false,
+    );
+    assert_eq!(d, Decision::PassThrough(Bypass::Upgrade));
+    assert!(s.is_finished());
+    let (mut s2, _) = stream("{}");
+    let d = s2.on_request_headers(request("CONNECT", "api.example.com:443", &[]), false);
+    assert_eq!(d, Decision::PassThrough(Bypass::Upgrade));
+    assert_eq!(c.get(Counter::BypassUpgrade), 1);
+    assert_eq!(c.get(Counter::Lookups), 0);
+}
+
+#[test]
+fn grpc_bypasses_at_the_headers() {
+    let (mut s, c) = stream("{}");
+    let d = s.on_request_headers(
+        request(
+            "POST",
+            "/pkg.Service/Method",
+            &[
+                ("content-type", "application/grpc+proto"),
+                ("te", "trailers"),
+            ],
+        ),
+        false,
+    );
+    assert_eq!(d, Decision::PassThrough(Bypass::Grpc));
+    assert_eq!(s.on_request_body(b"\0\0\0\0\0", true), Decision::Continue);
+    assert_eq!(c.get(Counter::BypassGrpc), 1);
+    assert_eq!(c.get(Counter::Lookups), 0);
+}
+
+#[test]
+fn a_content_length_over_the_limit_bypasses_at_the_headers() {
+    for mode in ["hold_headers", "stream_headers"] {
+        let (mut s, c) = stream(&format!(
+            r#"{{"request_mode": "{mode}", "max_request_body_bytes": 10}}"#
+        ));
+        let d = s.on_request_headers(request("POST", "/up", &[("content-length", "11")]), false);
+        assert_eq!(d, Decision::PassThrough(Bypass::RequestTooLarge), "{mode}");
+        assert_eq!(s.on_request_body(&[b'x'; 11], true), Decision::Continue);
+        assert_eq!(c.get(Counter::BypassRequestTooLarge), 1);
+        assert_eq!(c.get(Counter::BytesBuffered), 0, "nothing buffered");
+        assert_eq!(
+            s.on_response_headers(200, response(&[("content-length", "2")]), false),
+            Decision::Continue
+        );
+        assert_eq!(
+            s.on_response_body(b"ok", true),
+            Decision::Continue,
+            "no record"
+        );
+    }
+    // At the limit exactly, the request is looked up.
+    let (mut s, _) = stream(r#"{"max_request_body_bytes": 10}"#);
+    let d = s.on_request_headers(request("POST", "/up", &[("content-length", "10")]), false);
+    assert_eq!(d, Decision::Continue);
+}
+
+#[test]
+fn events_after_a_served_hit_are_ignored() {
+    let (mut s, c) = stream(r#"{"request_mode": "hold_headers"}"#);
+    assert!(matches!(
+        s.on_request_headers(request("GET", "/items", &[]), true),
+        Decision::Lookup(_)
+    ));
+    let answer = hit_answer();
+    let Decision::Serve(resp) = s.on_lookup_result(hit(&answer)) else {
+        panic!("expected a hit");
+    };
+    assert_eq!(resp.body, b"recorded");
+    assert!(s.is_finished());
+    // Nothing after Done changes anything or produces a callout.
+    assert_eq!(s.on_lookup_result(hit(&answer)), Decision::Continue);
+    assert_eq!(s.on_request_body(b"late", true), Decision::Continue);
+    assert_eq!(s.on_request_trailers(), Decision::Continue);
+    assert_eq!(
+        s.on_request_headers(request("GET", "/items", &[]), true),
+        Decision::Continue
+    );
+    assert_eq!(
+        s.on_response_headers(200, response(&[]), true),
+        Decision::Continue
+    );
+    assert_eq!(s.on_response_body(b"x", true), Decision::Continue);
+    assert_eq!(c.get(Counter::Hits), 1);
+    assert_eq!(c.get(Counter::Lookups), 1);
+    assert_eq!(c.get(Counter::Requests), 1);
+}
+
+#[test]
+fn events_after_the_record_are_ignored() {
+    let (mut s, _) = stream("{}");
+    s.on_request_headers(request("GET", "/items", &[]), true);
+    assert_eq!(s.on_lookup_result(MISS), Decision::Resume);
+    assert_eq!(
+        s.on_response_headers(200, response(&[("content-length", "2")]), false),
+        Decision::Continue
+    );
+    assert!(matches!(
+        s.on_response_body(b"ok", true),
+        Decision::Record(_)
+    ));
+    assert!(s.is_finished());
+    assert_eq!(s.on_response_body(b"more", true), Decision::Continue);
+    assert_eq!(s.on_response_trailers(), Decision::Continue);
+    assert_eq!(s.on_lookup_result(MISS), Decision::Continue);
+}
+
+#[test]
+fn lookup_is_never_returned_twice() {
+    let (mut s, c) = stream(r#"{"request_mode": "hold_headers"}"#);
+    assert!(matches!(
+        s.on_request_headers(request("POST", "/x", &[]), false),
+        Decision::Hold
+    ));
+    assert!(matches!(
+        s.on_request_body(b"body", true),
+        Decision::Lookup(_)
+    ));
+    for d in [
+        s.on_request_body(b"", true),
+        s.on_request_trailers(),
+        s.on_request_headers(request("POST", "/x", &[]), true),
+    ] {
+        assert!(!matches!(d, Decision::Lookup(_)), "{d:?}");
+    }
+    assert_eq!(c.get(Counter::Lookups), 1);
+    // The one lookup still resolves.
+    assert_eq!(s.on_lookup_result(MISS), Decision::Resume);
+    assert_eq!(s.on_lookup_result(MISS), Decision::Continue);
+    assert_eq!(c.get(Counter::Misses), 1);
+}
+
+#[test]
+fn lookup_callout_asks_for_protobuf() {
+    let (mut s, _) = stream(
+        r#"{"backend": {"cluster": "sp", "authority": "backend.local", "inject_path": "/custom/inject", "lookup_timeout_ms": 250}}"#,
+    );
+    let c = callout(s.on_request_headers(request("GET", "/items", &[]), true));
+    assert_eq!(c.cluster, "sp");
+    assert_eq!(c.timeout_ms, 250);
+    assert_eq!(c.header(":method"), Some("POST"));
+    assert_eq!(c.header(":path"), Some("/custom/inject"));
+    assert_eq!(c.header(":authority"), Some("backend.local"));
+    assert_eq!(c.header("content-type"), Some("application/x-protobuf"));
+    assert_eq!(c.header("accept"), Some("application/x-protobuf"));
+    assert_eq!(c.header("x-public-key"), None, "no key configured");
+}
+
+fn recorded(config: &str) -> Callout {
+    let (mut s, _) = stream(config);
+    s.on_request_headers(request("GET", "/items", &[]), true);
+    s.on_lookup_result(MISS);
+    callout(s.on_response_headers(200, response(&[]), true))
+}
+
+#[test]
+fn record_callout_goes_to_the_traces_path_with_the_api_key() {
+    let c = recorded(
+        r#"{"backend": {"traces_path": "/custom/traces", "api_key": "k-123", "record_timeout_ms": 1234}}"#,
+    );
+    assert_eq!(c.header(":method"), Some("POST"));
+    assert_eq!(c.header(":path"), Some("/custom/traces"));
+    assert_eq!(c.header("content-type"), Some("application/x-protobuf"));
+    assert_eq!(c.header("x-public-key"), Some("k-123"));
+    assert_eq!(c.header("accept"), None);
+    assert_eq!(c.timeout_ms, 1234);
+
+    let c = recorded(r#"{"backend": {"api_key": "k-9", "auth_header": "authorization"}}"#);
+    assert_eq!(c.header(":path"), Some("/v1/traces"));
+    assert_eq!(c.header("authorization"), Some("k-9"));
+    assert_eq!(c.header("x-public-key"), None);
+}
+
+#[test]
+fn no_auth_header_without_an_api_key() {
+    for config in ["{}", r#"{"backend": {"api_key": ""}}"#] {
+        let c = recorded(config);
+        let names: Vec<&str> = c.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [":method", ":path", ":authority", "content-type"],
+            "{config}"
+        );
+    }
+}
+
+#[test]
+fn record_results_are_counted() {
+    let (engine, c) = engine_with("{}");
+    for r in [
+        RecordResult::Status(200),
+        RecordResult::Status(202),
+        RecordResult::Status(299),
+        RecordResult::Status(199),
+        RecordResult::Status(300),
+        RecordResult::Status(500),
+        RecordResult::Failed,
+        RecordResult::Dropped,
+    ] {
+        engine.on_record_result(r);
+    }
+    assert_eq!(c.get(Counter::RecordsSent), 3);
+    assert_eq!(c.get(Counter::RecordFailures), 4);
+    assert_eq!(c.get(Counter::RecordsDropped), 1);
+}
+
+#[test]
+fn bodiless_responses_are_recorded_whatever_their_content_length() {
+    let config = r#"{"max_response_body_bytes": 4, "recordable_statuses": [200, 304]}"#;
+    // HEAD: the length describes the GET body that was not sent.
+    let (mut s, c) = stream(config);
+    s.on_request_headers(request("HEAD", "/big", &[]), true);
+    s.on_lookup_result(MISS);
+    let d = s.on_response_headers(200, response(&[("content-length", "5000")]), true);
+    assert!(matches!(d, Decision::Record(_)), "{d:?}");
+    assert_eq!(c.get(Counter::BypassResponseTooLarge), 0);
+    // 304: no body either.
+    let (mut s, _) = stream(config);
+    s.on_request_headers(request("GET", "/big", &[]), true);
+    s.on_lookup_result(MISS);
+    let d = s.on_response_headers(304, response(&[("content-length", "5000")]), true);
+    assert!(matches!(d, Decision::Record(_)), "{d:?}");
+    // A GET 200 announcing the same length is not recorded.
+    let (mut s, c) = stream(config);
+    s.on_request_headers(request("GET", "/big", &[]), true);
+    s.on_lookup_result(MISS);
+    let d = s.on_response_headers(200, response(&[("content-length", "5000")]), false);
+    assert_eq!(d, Decision::Continue);
+    assert_eq!(s.on_response_body(&[b'x'; 5000], true), Decision::Continue);
+    assert_eq!(c.get(Counter::BypassResponseTooLarge), 1);
+}
+
+#[test]
+fn a_response_growing_past_the_limit_is_not_recorded() {
+    let (mut s, c) = stream(r#"{"max_response_body_bytes": 4}"#);
+    s.on_request_headers(request("GET", "/stream", &[]), true);
+    s.on_lookup_result(MISS);
+    assert_eq!(
+        s.on_response_headers(200, response(&[]), false),
+        Decision::Continue
+    );
+    assert_eq!(s.on_response_body(b"abc", false), Decision::Continue);
+    assert_eq!(s.on_response_body(b"def", false), Decision::Continue);
+    assert_eq!(s.on_response_body(b"ghi", true), Decision::Continue);
+    assert_eq!(c.get(Counter::BypassResponseTooLarge), 1);
+}
+
+#[test]
+fn strict_mode_answers_502_on_a_failed_lookup() {
+    let (mut s, c) = stream(r#"{"on_backend_error": "fail"}"#);
+    s.on_request_headers(request("GET", "/items", &[]), true);
+    let Decision::Serve(resp) = s.on_lookup_result(LookupResult::Failed(LookupFailure::Timeout))
+    else {
+        panic!("expected a 502");
+    };
+    assert_eq!(resp.status, 502);
+    assert!(!resp.headers.iter().any(|(n, _)| n == "x-softprobe-cache"));
+    assert_eq!(c.get(Counter::LookupErrorTimeout), 1);
+}
