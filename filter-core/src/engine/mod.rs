@@ -232,6 +232,17 @@ enum State {
     Done,
 }
 
+/// What the cache did with one request (see [`Stream::verdict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Pending,
+    Hit,
+    Miss,
+    Record,
+    Bypass(Bypass),
+    Error(LookupFailure),
+}
+
 /// One request's state. Create one per HTTP stream with [`Stream::new`].
 #[derive(Debug)]
 pub struct Stream {
@@ -239,6 +250,8 @@ pub struct Stream {
     state: State,
     /// Whether the response of this stream should be recorded once the request is upstream.
     record: bool,
+    /// What the cache did with this request, for logs ([`Stream::verdict`]).
+    outcome: Outcome,
     headers: Vec<Header>,
     method: Vec<u8>,
     authority: Vec<u8>,
@@ -272,6 +285,7 @@ impl Stream {
             engine,
             state: State::Start,
             record: false,
+            outcome: Outcome::Pending,
             headers: Vec::new(),
             method: Vec::new(),
             authority: Vec::new(),
@@ -296,8 +310,54 @@ impl Stream {
         matches!(self.state, State::PassThrough | State::Done)
     }
 
+    /// What the cache did with this request, for access logs: `hit`, `miss`, `record` (went
+    /// upstream without a lookup, to be recorded), `bypass:<reason>` (e.g. `bypass:method`),
+    /// `error:<kind>` (e.g. `error:timeout`), or `pending` (no outcome yet). After a lookup, a
+    /// bypass of the response (status, size) does not change the verdict; without one
+    /// (`record_only`) it replaces `record`, saying why nothing was recorded.
+    pub fn verdict(&self) -> std::borrow::Cow<'static, str> {
+        match self.outcome {
+            Outcome::Pending => "pending".into(),
+            Outcome::Hit => "hit".into(),
+            Outcome::Miss => "miss".into(),
+            Outcome::Record => "record".into(),
+            Outcome::Bypass(b) => {
+                let name = Counter::from(b).name();
+                format!("bypass:{}", name.strip_prefix("bypass_").unwrap_or(name)).into()
+            }
+            Outcome::Error(f) => {
+                let name = Counter::from(f).name();
+                format!(
+                    "error:{}",
+                    name.strip_prefix("lookup_errors_").unwrap_or(name)
+                )
+                .into()
+            }
+        }
+    }
+
+    /// The host held this request longer than it will wait (the lookup timeout plus a margin)
+    /// without an answer, e.g. because the host never delivered the body or the callout's
+    /// answer: counted and handled like a lookup timeout. The host then releases the request
+    /// (or serves the strict-mode 502). Anything but a held request: `Continue`.
+    pub fn on_hold_expired(&mut self) -> Decision {
+        match self.state {
+            State::AwaitingLookup => {
+                self.on_lookup_result(LookupResult::Failed(LookupFailure::Timeout))
+            }
+            State::BufferingRequest => {
+                self.state = State::AwaitingLookup;
+                self.on_lookup_result(LookupResult::Failed(LookupFailure::Timeout))
+            }
+            _ => Decision::Continue,
+        }
+    }
+
     fn bypass(&mut self, why: Bypass) -> Decision {
         self.engine.count(why);
+        if matches!(self.outcome, Outcome::Pending | Outcome::Record) {
+            self.outcome = Outcome::Bypass(why);
+        }
         self.state = State::PassThrough;
         self.body = Vec::new();
         self.response_body = Vec::new();
@@ -371,6 +431,7 @@ impl Stream {
                 RequestMode::StreamHeaders => Decision::Continue,
             }
         } else {
+            self.outcome = Outcome::Record;
             self.state = if end_of_stream {
                 State::Upstream
             } else {
@@ -460,6 +521,7 @@ impl Stream {
         let failure = match result {
             LookupResult::Answer { status: 404, .. } => {
                 self.engine.count(Counter::Misses);
+                self.outcome = Outcome::Miss;
                 self.state = State::Upstream;
                 return Decision::Resume;
             }
@@ -470,6 +532,7 @@ impl Stream {
             } => match codec::decode_answer(body, Format::from_content_type(content_type)) {
                 Ok(mut response) => {
                     self.engine.count(Counter::Hits);
+                    self.outcome = Outcome::Hit;
                     self.state = State::Done;
                     self.body = Vec::new();
                     if self.method == b"HEAD" {
@@ -487,6 +550,7 @@ impl Stream {
             LookupResult::Failed(f) => f,
         };
         self.engine.count(failure);
+        self.outcome = Outcome::Error(failure);
         self.state = State::Done;
         self.body = Vec::new();
         match self.config().on_backend_error {
