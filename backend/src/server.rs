@@ -1,0 +1,103 @@
+//! The HTTP server: routes, request logging, graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::admin;
+use crate::cli::ServeArgs;
+use crate::metrics::Metrics;
+use crate::otlp;
+use crate::state::AppState;
+
+/// Every route.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/traces", post(otlp::traces))
+        .route("/v1/inject", post(otlp::inject))
+        .route("/healthz", get(admin::healthz))
+        .route("/metrics", get(admin::metrics))
+        .route("/admin/recordings", get(admin::list).delete(admin::clear))
+        .route(
+            "/admin/recordings/{id}",
+            get(admin::get).delete(admin::delete),
+        )
+        .route("/admin/export", get(admin::export))
+        .route("/admin/import", post(admin::import))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if path == "/healthz" || path == "/metrics" {
+        tracing::debug!(%method, path, status, elapsed_ms, "request");
+    } else {
+        tracing::info!(%method, path, status, elapsed_ms, "request");
+    }
+    response
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Opens the store and serves until SIGTERM or SIGINT.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let store = crate::open_store(&args.store)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let state = AppState {
+        store: Arc::new(store),
+        metrics: Arc::new(Metrics::default()),
+        max_body_bytes: args.max_body_bytes,
+        max_import_bytes: usize::try_from(args.store.max_store_bytes.saturating_mul(2))
+            .unwrap_or(usize::MAX)
+            .max(args.max_body_bytes),
+    };
+    tracing::info!(
+        listen = %listener.local_addr().unwrap_or(args.listen),
+        data = %args.store.data.display(),
+        "backend listening"
+    );
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
