@@ -1,0 +1,130 @@
+//! The sidecar's config file: the plugin's JSON (`filter_core::Config`) plus an optional `sidecar`
+//! section, removed before the engine reads the rest.
+//!
+//! ```json
+//! {
+//!   "mode": "record_and_inject",
+//!   "backend": {"authority": "o.softprobe.ai", "api_key": "..."},
+//!   "sidecar": {
+//!     "backend_url": "https://o.softprobe.ai",
+//!     "record_queue_capacity": 1024,
+//!     "record_concurrency": 4,
+//!     "drain_timeout_ms": 5000
+//!   }
+//! }
+//! ```
+
+use serde_json::Value;
+
+/// Settings of the sidecar itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarSettings {
+    /// Base URL of the backend (`http://` or `https://`); default `https://<backend.authority>`.
+    pub backend_url: Option<String>,
+    pub record_queue_capacity: usize,
+    pub record_concurrency: usize,
+    /// How long a SIGTERM waits for open streams and queued records.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for SidecarSettings {
+    fn default() -> Self {
+        SidecarSettings {
+            backend_url: None,
+            record_queue_capacity: 1024,
+            record_concurrency: 4,
+            drain_timeout_ms: 5000,
+        }
+    }
+}
+
+const KEYS: &[&str] = &[
+    "backend_url",
+    "record_queue_capacity",
+    "record_concurrency",
+    "drain_timeout_ms",
+];
+
+/// The engine's config and the sidecar's settings from one JSON document.
+pub fn parse(bytes: &[u8]) -> anyhow::Result<(filter_core::Config, SidecarSettings)> {
+    let mut doc: Value = serde_json::from_slice(bytes)
+        .map_err(|e| anyhow::anyhow!("the config is not valid JSON: {e}"))?;
+    let mut settings = SidecarSettings::default();
+    if let Some(obj) = doc.as_object_mut() {
+        if let Some(section) = obj.remove("sidecar") {
+            settings = parse_section(&section)?;
+        }
+    }
+    let config = filter_core::Config::from_value(&doc)?;
+    Ok((config, settings))
+}
+
+fn parse_section(v: &Value) -> anyhow::Result<SidecarSettings> {
+    let Some(obj) = v.as_object() else {
+        anyhow::bail!("config key `sidecar`: expected an object");
+    };
+    for key in obj.keys() {
+        if !KEYS.contains(&key.as_str()) {
+            anyhow::bail!(
+                "unknown config key `sidecar.{key}`; known keys here: {}",
+                KEYS.join(", ")
+            );
+        }
+    }
+    let mut s = SidecarSettings::default();
+    if let Some(u) = obj.get("backend_url").filter(|v| !v.is_null()) {
+        let Some(u) = u.as_str() else {
+            anyhow::bail!("config key `sidecar.backend_url`: expected a string");
+        };
+        s.backend_url = Some(u.to_string());
+    }
+    let uint = |key: &str, max: u64| -> anyhow::Result<Option<u64>> {
+        match obj.get(key).filter(|v| !v.is_null()) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
+                _ => {
+                    anyhow::bail!("config key `sidecar.{key}`: expected an integer from 1 to {max}")
+                }
+            },
+        }
+    };
+    if let Some(n) = uint("record_queue_capacity", 1_000_000)? {
+        s.record_queue_capacity = n as usize;
+    }
+    if let Some(n) = uint("record_concurrency", 256)? {
+        s.record_concurrency = n as usize;
+    }
+    if let Some(n) = uint("drain_timeout_ms", 600_000)? {
+        s.drain_timeout_ms = n;
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sidecar_section_is_removed_before_the_engine_reads_the_rest() {
+        let (c, s) = parse(
+            br#"{"mode":"inject_only","sidecar":{"backend_url":"http://127.0.0.1:1","record_queue_capacity":3}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.mode, filter_core::Mode::InjectOnly);
+        assert_eq!(s.backend_url.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(s.record_queue_capacity, 3);
+        assert_eq!(s.record_concurrency, 4);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse(br#"{"sidecar":{"backend":"x"}}"#).unwrap_err();
+        assert!(e.to_string().contains("sidecar.backend"), "{e}");
+        let e = parse(br#"{"sidecar":{"record_concurrency":0}}"#).unwrap_err();
+        assert!(e.to_string().contains("sidecar.record_concurrency"), "{e}");
+        let e = parse(br#"{"mdoe":"off"}"#).unwrap_err();
+        assert!(e.to_string().contains("mdoe"), "{e}");
+        assert!(parse(b"not json").is_err());
+    }
+}

@@ -1,0 +1,362 @@
+//! One Envoy ext_proc stream: turns each `ProcessingRequest` into engine events and each engine
+//! [`Decision`] into the `ProcessingResponse` Envoy waits for. No I/O here: lookups are handed back
+//! to the caller ([`Step::Lookup`]), records are returned with the response ([`Step::Respond`]).
+//!
+//! The processing modes (see the crate README for their cost):
+//! - static, in the Envoy filter config ([`STATIC_MODE`]): request headers SEND, request body
+//!   BUFFERED_PARTIAL (headers and body are held until the body is answered, never a 413),
+//!   response headers SEND, response body STREAMED (each chunk is answered at once), trailers SKIP;
+//! - per stream, `mode_override` on the header responses switches off every phase the stream no
+//!   longer needs: everything after an ineligible request, the response phases when the mode never
+//!   records, the response body when the response will not be recorded. A hit is answered with an
+//!   `ImmediateResponse`, so it never reaches the response phases.
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{
+    BodySendMode, HeaderSendMode,
+};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    processing_request, processing_response, BodyResponse, CommonResponse, HeaderMutation,
+    HeadersResponse, ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
+};
+use envoy_types::pb::google::protobuf::BoolValue;
+use filter_core::{Callout, Decision, Header, LookupResult, Response, Stream};
+
+/// The processing mode the Envoy filter config must set (and the one [`Phases`] assumes).
+pub const STATIC_MODE: ProcessingMode = ProcessingMode {
+    request_header_mode: HeaderSendMode::Send as i32,
+    response_header_mode: HeaderSendMode::Send as i32,
+    request_body_mode: BodySendMode::BufferedPartial as i32,
+    response_body_mode: BodySendMode::Streamed as i32,
+    request_trailer_mode: HeaderSendMode::Skip as i32,
+    response_trailer_mode: HeaderSendMode::Skip as i32,
+};
+
+/// Which message of the stream is being answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+}
+
+/// What the host does with one `ProcessingRequest`.
+#[derive(Debug)]
+pub enum Step {
+    /// Send this response; if `record` is set, queue that record (never on the stream's path).
+    Respond {
+        response: Box<ProcessingResponse>,
+        record: Option<Callout>,
+    },
+    /// Make this lookup, then call [`Phases::after_lookup`] and send what it returns.
+    Lookup(Callout),
+    /// Send nothing (a message without a body, or one sent in async mode).
+    Nothing,
+}
+
+/// Things worth counting that the engine does not see.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Notes {
+    /// The request body arrived incomplete (over Envoy's buffer limit, or followed by trailers),
+    /// so the request went upstream without a lookup.
+    pub request_body_incomplete: bool,
+}
+
+/// The state of one ext_proc stream.
+#[derive(Debug)]
+pub struct Phases {
+    stream: Stream,
+    /// Whether the engine's mode records responses (else the response phases are skipped).
+    records: bool,
+    /// Whether Envoy sends header values as `raw_value` (Envoy 1.27+); mutations use the same field.
+    raw_values: bool,
+    /// The phase whose answer waits for a lookup.
+    pending: Option<Phase>,
+    pub notes: Notes,
+}
+
+fn mode(f: impl FnOnce(&mut ProcessingMode)) -> ProcessingMode {
+    let mut m = STATIC_MODE;
+    f(&mut m);
+    m
+}
+
+/// Every later phase skipped.
+fn skip_all() -> ProcessingMode {
+    mode(|m| {
+        m.request_body_mode = BodySendMode::None as i32;
+        m.response_header_mode = HeaderSendMode::Skip as i32;
+        m.response_body_mode = BodySendMode::None as i32;
+    })
+}
+
+fn headers_of(map: Option<&HeaderMap>) -> (Vec<Header>, bool) {
+    let Some(map) = map else {
+        return (Vec::new(), false);
+    };
+    let mut raw = false;
+    let headers = map
+        .headers
+        .iter()
+        .map(|h| {
+            let value = if h.raw_value.is_empty() {
+                h.value.as_bytes().to_vec()
+            } else {
+                raw = true;
+                h.raw_value.clone()
+            };
+            (h.key.as_bytes().to_vec(), value)
+        })
+        .collect();
+    (headers, raw)
+}
+
+fn common(
+    mode_override: Option<ProcessingMode>,
+) -> (Option<CommonResponse>, Option<ProcessingMode>) {
+    (Some(CommonResponse::default()), mode_override)
+}
+
+/// A plain "continue" for `phase`, with an optional mode override.
+pub fn continue_response(
+    phase: Phase,
+    mode_override: Option<ProcessingMode>,
+) -> ProcessingResponse {
+    use processing_response::Response as R;
+    let (response, mode_override) = common(mode_override);
+    let r = match phase {
+        Phase::RequestHeaders => R::RequestHeaders(HeadersResponse { response }),
+        Phase::ResponseHeaders => R::ResponseHeaders(HeadersResponse { response }),
+        Phase::RequestBody => R::RequestBody(BodyResponse { response }),
+        Phase::ResponseBody => R::ResponseBody(BodyResponse { response }),
+        Phase::RequestTrailers => R::RequestTrailers(TrailersResponse::default()),
+        Phase::ResponseTrailers => R::ResponseTrailers(TrailersResponse::default()),
+    };
+    ProcessingResponse {
+        response: Some(r),
+        mode_override,
+        ..ProcessingResponse::default()
+    }
+}
+
+impl Phases {
+    pub fn new(stream: Stream) -> Phases {
+        let records = stream.engine().config().mode.records();
+        Phases {
+            stream,
+            records,
+            raw_values: false,
+            pending: None,
+            notes: Notes::default(),
+        }
+    }
+
+    /// The engine's stream.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// Handles one message from Envoy.
+    pub fn handle(&mut self, req: ProcessingRequest) -> Step {
+        let Some(msg) = req.request else {
+            return Step::Nothing;
+        };
+        // `observability_mode` is never configured for this server: every message is answered.
+        self.dispatch(msg)
+    }
+
+    fn dispatch(&mut self, msg: processing_request::Request) -> Step {
+        use processing_request::Request as Q;
+        match msg {
+            Q::RequestHeaders(h) => {
+                let (headers, raw) = headers_of(h.headers.as_ref());
+                self.raw_values = raw;
+                let d = self.stream.on_request_headers(headers, h.end_of_stream);
+                self.decide(Phase::RequestHeaders, d, h.end_of_stream)
+            }
+            Q::RequestBody(b) => {
+                let d = self.stream.on_request_body(&b.body, b.end_of_stream);
+                if !b.end_of_stream && matches!(d, Decision::Hold | Decision::Continue) {
+                    // BUFFERED_PARTIAL sends one message: without end_of_stream, the rest of the
+                    // body goes upstream without us (Envoy's buffer limit, or trailers follow).
+                    // Never look up a truncated body: let it all go on.
+                    self.notes.request_body_incomplete = true;
+                    return self.respond(Phase::RequestBody, Some(skip_all()), None);
+                }
+                self.decide(Phase::RequestBody, d, b.end_of_stream)
+            }
+            Q::RequestTrailers(_) => {
+                let d = self.stream.on_request_trailers();
+                self.decide(Phase::RequestTrailers, d, true)
+            }
+            Q::ResponseHeaders(h) => {
+                let (headers, raw) = headers_of(h.headers.as_ref());
+                self.raw_values |= raw;
+                let status = filter_core::http::header(&headers, ":status")
+                    .and_then(|s| std::str::from_utf8(s).ok())
+                    .and_then(|s| s.trim().parse::<u16>().ok())
+                    .unwrap_or(0);
+                let d = self
+                    .stream
+                    .on_response_headers(status, headers, h.end_of_stream);
+                self.decide(Phase::ResponseHeaders, d, h.end_of_stream)
+            }
+            Q::ResponseBody(b) => {
+                let d = self.stream.on_response_body(&b.body, b.end_of_stream);
+                self.decide(Phase::ResponseBody, d, b.end_of_stream)
+            }
+            Q::ResponseTrailers(_) => {
+                let d = self.stream.on_response_trailers();
+                self.decide(Phase::ResponseTrailers, d, true)
+            }
+        }
+    }
+
+    /// The lookup asked for by [`Step::Lookup`] ended: the response to send.
+    pub fn after_lookup(&mut self, result: LookupResult<'_>) -> ProcessingResponse {
+        let phase = self.pending.take().unwrap_or(Phase::RequestHeaders);
+        let d = self.stream.on_lookup_result(result);
+        match self.decide(phase, d, true) {
+            Step::Respond { response, .. } => *response,
+            // The engine never asks for a second lookup; answer "continue" if it ever did.
+            Step::Lookup(_) | Step::Nothing => continue_response(phase, Some(skip_all())),
+        }
+    }
+
+    /// The mode for the rest of the stream once a request phase is answered with "continue".
+    fn request_override(&self, phase: Phase, end_of_stream: bool) -> Option<ProcessingMode> {
+        if self.stream.is_finished() {
+            return Some(skip_all());
+        }
+        let body_done = end_of_stream || phase != Phase::RequestHeaders;
+        match (self.records, body_done) {
+            (true, false) => None,
+            (true, true) => Some(mode(|m| m.request_body_mode = BodySendMode::None as i32)),
+            (false, done) => Some(mode(|m| {
+                if done {
+                    m.request_body_mode = BodySendMode::None as i32;
+                }
+                m.response_header_mode = HeaderSendMode::Skip as i32;
+                m.response_body_mode = BodySendMode::None as i32;
+            })),
+        }
+    }
+
+    fn decide(&mut self, phase: Phase, d: Decision, end_of_stream: bool) -> Step {
+        let request_phase = matches!(
+            phase,
+            Phase::RequestHeaders | Phase::RequestBody | Phase::RequestTrailers
+        );
+        match d {
+            Decision::Lookup(callout) => {
+                self.pending = Some(phase);
+                Step::Lookup(callout)
+            }
+            Decision::Serve(response) => Step::Respond {
+                response: Box::new(self.immediate(response)),
+                record: None,
+            },
+            Decision::Record(callout) => {
+                let o = (phase == Phase::ResponseHeaders).then(|| {
+                    mode(|m| {
+                        m.request_body_mode = BodySendMode::None as i32;
+                        m.response_body_mode = BodySendMode::None as i32;
+                    })
+                });
+                self.respond(phase, o, Some(callout))
+            }
+            Decision::Continue | Decision::Hold | Decision::Resume | Decision::PassThrough(_) => {
+                let o = if request_phase {
+                    self.request_override(phase, end_of_stream)
+                } else if phase == Phase::ResponseHeaders && self.stream.is_finished() {
+                    // Not recorded (status, size) or already complete: skip the response body.
+                    Some(mode(|m| {
+                        m.request_body_mode = BodySendMode::None as i32;
+                        m.response_body_mode = BodySendMode::None as i32;
+                    }))
+                } else {
+                    None
+                };
+                self.respond(phase, o, None)
+            }
+        }
+    }
+
+    fn respond(
+        &self,
+        phase: Phase,
+        mode_override: Option<ProcessingMode>,
+        record: Option<Callout>,
+    ) -> Step {
+        Step::Respond {
+            response: Box::new(continue_response(phase, mode_override)),
+            record,
+        }
+    }
+
+    fn header_value(&self, key: &str, value: Vec<u8>) -> HeaderValue {
+        if self.raw_values {
+            HeaderValue {
+                key: key.to_string(),
+                value: String::new(),
+                raw_value: value,
+            }
+        } else {
+            // Envoy 1.26 reads only the string field; the engine already rejected CR, LF and NUL.
+            HeaderValue {
+                key: key.to_string(),
+                value: String::from_utf8_lossy(&value).into_owned(),
+                raw_value: Vec::new(),
+            }
+        }
+    }
+
+    /// A locally generated answer: the recorded status, headers (repeats kept in order) and body.
+    fn immediate(&self, response: Response) -> ProcessingResponse {
+        let mut seen: Vec<String> = Vec::new();
+        let set_headers = response
+            .headers
+            .into_iter()
+            .map(|(name, value)| {
+                let name = name.to_ascii_lowercase();
+                // The first value of a name replaces Envoy's default (e.g. `content-type:
+                // text/plain`); later ones are appended.
+                let append = seen.contains(&name);
+                if !append {
+                    seen.push(name.clone());
+                }
+                #[allow(deprecated)] // ext_proc reads `append`, not `append_action`
+                HeaderValueOption {
+                    header: Some(self.header_value(&name, value)),
+                    append: Some(BoolValue { value: append }),
+                    ..HeaderValueOption::default()
+                }
+            })
+            .collect();
+        ProcessingResponse {
+            response: Some(processing_response::Response::ImmediateResponse(
+                ImmediateResponse {
+                    status: Some(HttpStatus {
+                        code: i32::from(response.status),
+                    }),
+                    headers: Some(HeaderMutation {
+                        set_headers,
+                        remove_headers: Vec::new(),
+                    }),
+                    body: response.body,
+                    grpc_status: None,
+                    details: "transparent_cache".to_string(),
+                },
+            )),
+            ..ProcessingResponse::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
