@@ -13,12 +13,15 @@ pub mod envoy_config;
 pub mod fake_backend;
 pub mod header;
 pub mod http1;
+pub mod plugin;
 pub mod proc;
 pub mod raw;
 pub mod service;
+pub mod shape;
 
 pub use demo_upstream::DemoUpstream;
 pub use envoy::Envoy;
 pub use fake_backend::FakeBackend;
 pub use header::HeaderField;
 pub use proc::{closed_port, free_port, ClosedPort, Proc};
+pub use shape::{Layout, Shape, Site};

@@ -1,0 +1,465 @@
+//! The HTTP context: one per request. Feeds the engine and carries out its decisions.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use filter_core::{Decision, Engine, Header, LookupFailure, LookupResult, Response, Stream};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, MapType};
+
+use crate::abi;
+use crate::root::{dispatch, log_warn, Shared};
+
+/// How much earlier than its timeout a failed lookup may end and still count as a timeout (the
+/// host's clock and Envoy's timer are not exact).
+const TIMEOUT_SLACK_MS: u64 = 20;
+
+/// Where a request-side event came from (what `Action::Pause` means there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Headers,
+    Body { size: usize },
+    Trailers,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lookup {
+    token: u32,
+    started_ms: u64,
+    timeout_ms: u64,
+}
+
+/// The state of one request, shared with the root context's watchdog.
+pub struct Flow {
+    context_id: u32,
+    stream: Option<Stream>,
+    shared: Rc<Shared>,
+    /// Request body bytes Envoy keeps buffered for us (after a `StopIterationAndBuffer`): the next
+    /// body callback's `body_size` includes them.
+    buffered: usize,
+    /// Since when the request is held (reset on every event: progress), or `None`.
+    held_since: Option<u64>,
+    lookup: Option<Lookup>,
+    /// The verdict last written to the stream's filter state.
+    published: Option<String>,
+    /// `content-type` values of a served response without a body: Envoy drops the content type of
+    /// a local reply whose body is empty (e.g. a hit served to HEAD), so the response-headers
+    /// callback puts them back.
+    served_content_type: Vec<Vec<u8>>,
+}
+
+impl Flow {
+    /// Since when the request has been held without progress, in host milliseconds.
+    pub fn held_since(&self) -> Option<u64> {
+        self.held_since
+    }
+
+    /// How long the request may stay held: the lookup timeout plus [`crate::HOLD_MARGIN_MS`].
+    pub fn hold_limit_ms(&self) -> u64 {
+        self.stream
+            .as_ref()
+            .map_or(0, |s| s.engine().config().backend.lookup_timeout_ms)
+            .saturating_add(crate::HOLD_MARGIN_MS)
+    }
+
+    /// Called by the watchdog (with this stream as the effective context): give up holding.
+    pub fn expire(&mut self) {
+        let limit = self.hold_limit_ms();
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        let d = stream.on_hold_expired();
+        log_warn(&format!(
+            "transparent-cache: request held over {limit} ms without an answer; released"
+        ));
+        self.lookup = None;
+        self.carry_out_async(d);
+    }
+
+    fn hold(&mut self) {
+        self.held_since = Some(crate::now_ms());
+    }
+
+    fn release(&mut self) {
+        self.held_since = None;
+        self.lookup = None;
+    }
+
+    fn publish(&mut self) {
+        let Some(stream) = &self.stream else {
+            return;
+        };
+        let verdict = stream.verdict();
+        if verdict == "pending" || self.published.as_deref() == Some(verdict.as_ref()) {
+            return;
+        }
+        let _ = abi::set_property(crate::VERDICT_PROPERTY, verdict.as_bytes());
+        self.published = Some(verdict.into_owned());
+    }
+
+    fn record(&self, decision: Decision) {
+        if let Decision::Record(callout) = decision {
+            self.shared.records.borrow_mut().push_back(callout);
+        }
+    }
+
+    /// Carries out a decision returned inside a request callback; returns what Envoy should do
+    /// with the event.
+    fn on_request_decision(&mut self, decision: Decision, phase: Phase) -> Action {
+        let action = match decision {
+            Decision::Continue => {
+                if self.held_since.is_some() {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
+            }
+            Decision::Hold => {
+                self.hold();
+                Action::Pause
+            }
+            Decision::Lookup(callout) => match dispatch(&callout) {
+                Ok(token) => {
+                    self.hold();
+                    self.lookup = Some(Lookup {
+                        token,
+                        started_ms: crate::now_ms(),
+                        timeout_ms: callout.timeout_ms,
+                    });
+                    Action::Pause
+                }
+                Err(why) => {
+                    log_warn(&format!("transparent-cache: lookup not sent: {why}"));
+                    let next = match self.stream.as_mut() {
+                        Some(s) => {
+                            s.on_lookup_result(LookupResult::Failed(LookupFailure::Transport))
+                        }
+                        None => Decision::Resume,
+                    };
+                    return self.on_request_decision(next, phase);
+                }
+            },
+            Decision::Serve(response) => {
+                self.release();
+                self.serve(&response);
+                Action::Pause
+            }
+            Decision::Resume | Decision::PassThrough(_) => {
+                self.release();
+                Action::Continue
+            }
+            d @ Decision::Record(_) => {
+                self.record(d);
+                Action::Continue
+            }
+        };
+        if let Phase::Body { size } = phase {
+            self.buffered = if action == Action::Pause { size } else { 0 };
+        }
+        self.publish();
+        action
+    }
+
+    /// Carries out a decision outside the stream's own callbacks (lookup answer, watchdog).
+    fn carry_out_async(&mut self, decision: Decision) {
+        match decision {
+            Decision::Serve(response) => {
+                self.release();
+                self.serve(&response);
+            }
+            Decision::Continue => {}
+            other => {
+                // Resume / PassThrough, and anything unexpected: never leave the request held.
+                self.record(other);
+                self.release();
+                if let Err(e) = abi::resume_request() {
+                    log_warn(&format!("transparent-cache: could not resume request: {e}"));
+                }
+            }
+        }
+        self.publish();
+    }
+
+    fn serve(&mut self, response: &Response) {
+        if response.body.is_empty() {
+            self.served_content_type = response
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.clone())
+                .collect();
+        }
+        serve(response);
+    }
+
+    fn on_lookup_answer(&mut self, token: u32, body_size: usize) {
+        let Some(lookup) = self.lookup.filter(|l| l.token == token) else {
+            return;
+        };
+        self.lookup = None;
+        let elapsed = crate::now_ms().saturating_sub(lookup.started_ms);
+        let timed_out = elapsed.saturating_add(TIMEOUT_SLACK_MS) >= lookup.timeout_ms;
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+        let content_type =
+            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, "content-type")
+                .ok()
+                .flatten();
+        let body = if body_size == 0 {
+            Vec::new()
+        } else {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        let result = match status {
+            None if timed_out => LookupResult::Failed(LookupFailure::Timeout),
+            None => LookupResult::Failed(LookupFailure::Transport),
+            Some(s) => match envoy_local_reply(s, &body, timed_out) {
+                Some(failure) => LookupResult::Failed(failure),
+                None => LookupResult::Answer {
+                    status: s,
+                    content_type: content_type.as_deref(),
+                    body: &body,
+                },
+            },
+        };
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        let d = stream.on_lookup_result(result);
+        self.carry_out_async(d);
+    }
+}
+
+/// Envoy answers a callout itself when it cannot reach the backend: 504 `upstream request timeout`
+/// when the callout's timeout fires, 503 with `upstream connect error ...` or `no healthy
+/// upstream` when the connection fails. Those are not the backend's answers.
+fn envoy_local_reply(status: u16, body: &[u8], timed_out: bool) -> Option<LookupFailure> {
+    match status {
+        504 if timed_out && body.starts_with(b"upstream request timeout") => {
+            Some(LookupFailure::Timeout)
+        }
+        503 if body.starts_with(b"upstream connect error")
+            || body.starts_with(b"no healthy upstream") =>
+        {
+            Some(LookupFailure::Transport)
+        }
+        _ => None,
+    }
+}
+
+fn serve(response: &Response) {
+    let details = if response.status == 502 {
+        "transparent_cache_backend_error"
+    } else {
+        "transparent_cache_hit"
+    };
+    if let Err(e) =
+        abi::send_local_response(response.status, details, &response.headers, &response.body)
+    {
+        log_warn(&format!(
+            "transparent-cache: could not serve the response: {e}"
+        ));
+        let _ = abi::resume_request();
+    }
+}
+
+/// One request's HTTP context.
+pub struct Http {
+    context_id: u32,
+    flow: Rc<RefCell<Flow>>,
+}
+
+impl Http {
+    pub fn new(context_id: u32, engine: Option<Arc<Engine>>, shared: Rc<Shared>) -> Http {
+        Http {
+            context_id,
+            flow: Rc::new(RefCell::new(Flow {
+                context_id,
+                stream: engine.map(Stream::new),
+                shared,
+                buffered: 0,
+                held_since: None,
+                lookup: None,
+                published: None,
+                served_content_type: Vec::new(),
+            })),
+        }
+    }
+
+    /// Lets the root's watchdog see this request while it is held.
+    fn watch(&self) {
+        let Ok(flow) = self.flow.try_borrow() else {
+            return;
+        };
+        let mut held = flow.shared.held.borrow_mut();
+        if flow.held_since.is_some() {
+            held.insert(self.context_id, Rc::downgrade(&self.flow));
+        } else {
+            held.remove(&self.context_id);
+        }
+    }
+
+    /// Runs a request-side event against the engine (if the stream still needs it).
+    fn request_event(
+        &mut self,
+        phase: Phase,
+        event: impl FnOnce(&mut Stream, usize) -> Decision,
+    ) -> Action {
+        let action = {
+            let Ok(mut flow) = self.flow.try_borrow_mut() else {
+                return Action::Continue;
+            };
+            let flow = &mut *flow;
+            let Some(stream) = flow.stream.as_mut() else {
+                return Action::Continue;
+            };
+            if stream.is_finished() && flow.held_since.is_none() {
+                return Action::Continue;
+            }
+            let d = event(stream, flow.buffered);
+            if flow.held_since.is_some() {
+                // Progress: the hold watchdog counts from the latest event.
+                flow.hold();
+            }
+            flow.on_request_decision(d, phase)
+        };
+        self.watch();
+        action
+    }
+
+    /// Runs a response-side event: the response always streams on untouched.
+    fn response_event(&mut self, event: impl FnOnce(&mut Stream) -> Decision) -> Action {
+        let Ok(mut flow) = self.flow.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        let Some(stream) = flow.stream.as_mut() else {
+            return Action::Continue;
+        };
+        if stream.is_finished() {
+            return Action::Continue;
+        }
+        let d = event(stream);
+        flow.record(d);
+        flow.publish();
+        Action::Continue
+    }
+}
+
+fn headers(pairs: Vec<(String, Vec<u8>)>) -> Vec<Header> {
+    pairs
+        .into_iter()
+        .map(|(n, v)| (n.into_bytes(), v))
+        .collect()
+}
+
+fn status_of(map: MapType) -> u16 {
+    hostcalls::get_map_value_bytes(map, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Context for Http {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Ok(mut flow) = self.flow.try_borrow_mut() {
+            flow.on_lookup_answer(token_id, body_size);
+        }
+        self.watch();
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Ok(flow) = self.flow.try_borrow() {
+            flow.shared.held.borrow_mut().remove(&flow.context_id);
+        }
+        true
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let h = headers(self.get_http_request_headers_bytes());
+        self.request_event(Phase::Headers, |s, _| {
+            s.on_request_headers(h, end_of_stream)
+        })
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.request_event(Phase::Body { size: body_size }, |s, buffered| {
+            // After a StopIterationAndBuffer Envoy hands back everything buffered so far: the new
+            // bytes start where the previous callback's ended.
+            let start = if body_size >= buffered { buffered } else { 0 };
+            let chunk = if body_size > start {
+                hostcalls::get_buffer(BufferType::HttpRequestBody, start, body_size - start)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            s.on_request_body(&chunk, end_of_stream)
+        })
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.request_event(Phase::Trailers, |s, _| s.on_request_trailers())
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let restore = self
+            .flow
+            .try_borrow_mut()
+            .map(|mut f| std::mem::take(&mut f.served_content_type))
+            .unwrap_or_default();
+        if !restore.is_empty()
+            && self
+                .get_http_response_header_bytes("content-type")
+                .is_none()
+        {
+            for value in &restore {
+                self.add_http_response_header_bytes("content-type", value);
+            }
+        }
+        let finished = self
+            .flow
+            .try_borrow()
+            .map_or(true, |f| f.stream.as_ref().is_none_or(Stream::is_finished));
+        if finished {
+            return Action::Continue;
+        }
+        let status = status_of(MapType::HttpResponseHeaders);
+        let h = headers(self.get_http_response_headers_bytes());
+        self.response_event(|s| s.on_response_headers(status, h, end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.response_event(|s| {
+            let chunk = if body_size > 0 {
+                hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            s.on_response_body(&chunk, end_of_stream)
+        })
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.response_event(Stream::on_response_trailers)
+    }
+}

@@ -1,0 +1,59 @@
+//! # filter-wasm
+//!
+//! The transparent-cache proxy-wasm plugin for Envoy and Istio. A thin host adapter: it turns
+//! proxy-wasm callbacks into [`filter_core::Stream`] events and carries out the
+//! [`filter_core::Decision`]s they return. Everything about caching lives in `filter-core`.
+//!
+//! * [`root::Root`] (one per plugin configuration and worker): parses the configuration once,
+//!   defines the counters, sends the records (so they survive the streams that produced them) and
+//!   runs a watchdog that releases any request held longer than the lookup timeout plus a margin.
+//! * [`http::Http`] (one per request): feeds the engine and holds, resumes or answers the request.
+//!
+//! See `filter-wasm/README.md` for the Envoy configuration and the request modes.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
+mod abi;
+pub mod http;
+pub mod metrics;
+pub mod root;
+
+use proxy_wasm::types::LogLevel;
+
+/// The filter state key the verdict is stored under is `wasm.` followed by this
+/// (`%FILTER_STATE(wasm.transparent_cache.verdict:PLAIN)%` in an access log).
+pub const VERDICT_PROPERTY: &str = "transparent_cache.verdict";
+
+/// Prefix of the counters; Envoy shows them as `wasmcustom.transparent_cache.<counter>`.
+pub const STAT_PREFIX: &str = "transparent_cache";
+
+/// How long past the lookup timeout a request may stay held before the watchdog releases it.
+pub const HOLD_MARGIN_MS: u64 = 1000;
+
+/// How often the root context sends queued records and runs the watchdog.
+pub const TICK_MS: u64 = 20;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|context_id| Box::new(root::Root::new(context_id)));
+}}
+
+/// Wall-clock milliseconds from the host (0 if it cannot tell).
+pub(crate) fn now_ms() -> u64 {
+    now_nanos() / 1_000_000
+}
+
+/// Wall-clock nanoseconds since the Unix epoch from the host (0 if it cannot tell).
+pub(crate) fn now_nanos() -> u64 {
+    proxy_wasm::hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

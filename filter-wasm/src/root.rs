@@ -1,0 +1,240 @@
+//! The root context: configuration, counters, the record queue and the hold watchdog.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+
+use filter_core::{Callout, Config, Engine, Node, RecordResult, Services};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+
+use crate::http::{Flow, Http};
+use crate::metrics::EnvoyCounters;
+
+/// Records waiting for the next tick beyond this are dropped (and counted).
+const MAX_QUEUED_RECORDS: usize = 1024;
+/// Records in flight beyond this wait in the queue.
+const MAX_RECORDS_IN_FLIGHT: usize = 64;
+
+/// What the root context shares with the streams it creates.
+#[derive(Default)]
+pub struct Shared {
+    /// Records handed over by streams; sent from the root context so they outlive the stream.
+    pub records: RefCell<VecDeque<Callout>>,
+    /// Streams that may be holding their request, by context id (watched by the tick).
+    pub held: RefCell<BTreeMap<u32, Weak<RefCell<Flow>>>>,
+}
+
+/// One per plugin configuration (and worker thread).
+pub struct Root {
+    context_id: u32,
+    engine: Option<Arc<Engine>>,
+    shared: Rc<Shared>,
+    /// Record callouts in flight: token → nothing (the engine counts the outcome).
+    in_flight: BTreeMap<u32, ()>,
+}
+
+impl Root {
+    pub fn new(context_id: u32) -> Root {
+        Root {
+            context_id,
+            engine: None,
+            shared: Rc::new(Shared::default()),
+            in_flight: BTreeMap::new(),
+        }
+    }
+
+    fn send_records(&mut self) {
+        let Some(engine) = self.engine.clone() else {
+            return;
+        };
+        loop {
+            if self.in_flight.len() >= MAX_RECORDS_IN_FLIGHT {
+                break;
+            }
+            let Some(callout) = self.shared.records.borrow_mut().pop_front() else {
+                break;
+            };
+            match dispatch(&callout) {
+                Ok(token) => {
+                    self.in_flight.insert(token, ());
+                }
+                Err(why) => {
+                    log_warn(&format!(
+                        "record to cluster {:?} not sent: {why}",
+                        callout.cluster
+                    ));
+                    engine.on_record_result(RecordResult::Failed);
+                }
+            }
+        }
+        let mut queue = self.shared.records.borrow_mut();
+        while queue.len() > MAX_QUEUED_RECORDS {
+            queue.pop_front();
+            engine.on_record_result(RecordResult::Dropped);
+        }
+    }
+
+    /// Releases every request held longer than its lookup timeout plus [`crate::HOLD_MARGIN_MS`].
+    fn watch_holds(&mut self) {
+        let now = crate::now_ms();
+        let mut expired = Vec::new();
+        self.shared.held.borrow_mut().retain(|id, weak| {
+            let Some(flow) = weak.upgrade() else {
+                return false;
+            };
+            let Ok(flow) = flow.try_borrow() else {
+                return true;
+            };
+            match flow.held_since() {
+                None => false,
+                Some(since) => {
+                    if now.saturating_sub(since) > flow.hold_limit_ms() {
+                        expired.push(*id);
+                    }
+                    true
+                }
+            }
+        });
+        for id in expired {
+            let flow = self.shared.held.borrow_mut().remove(&id);
+            if let Some(flow) = flow.and_then(|w| w.upgrade()) {
+                if hostcalls::set_effective_context(id).is_ok() {
+                    if let Ok(mut flow) = flow.try_borrow_mut() {
+                        flow.expire();
+                    }
+                }
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.context_id);
+    }
+}
+
+pub(crate) fn dispatch(callout: &Callout) -> Result<u32, String> {
+    let headers: Vec<(&str, &str)> = callout
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    hostcalls::dispatch_http_call(
+        &callout.cluster,
+        headers,
+        Some(&callout.body),
+        Vec::new(),
+        Duration::from_millis(callout.timeout_ms),
+    )
+    .map_err(|s| format!("the host refused the call ({s:?}; is the cluster defined?)"))
+}
+
+pub(crate) fn log_warn(msg: &str) {
+    let _ = hostcalls::log(proxy_wasm::types::LogLevel::Warn, msg);
+}
+
+fn property(path: &[&str]) -> Option<String> {
+    hostcalls::get_property(path.to_vec())
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .filter(|s| !s.is_empty())
+}
+
+fn seed() -> u64 {
+    match crate::abi::random_u64() {
+        Ok(seed) => seed,
+        Err(why) => {
+            // Never expected on Envoy (it always provides random_get); ids then still differ
+            // between streams but are predictable.
+            log_warn(&format!(
+                "transparent-cache: no random source ({why}); span ids are derived from the clock"
+            ));
+            crate::now_nanos() ^ 0x5851_f42d_4c95_7f2d
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        _body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if self.in_flight.remove(&token_id).is_none() {
+            return;
+        }
+        let status = hostcalls::get_map_value_bytes(
+            proxy_wasm::types::MapType::HttpCallResponseHeaders,
+            ":status",
+        )
+        .ok()
+        .flatten()
+        .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+        if let Some(engine) = &self.engine {
+            engine.on_record_result(match status {
+                Some(s) => RecordResult::Status(s),
+                None => RecordResult::Failed,
+            });
+        }
+        // Room for more: do not wait for the next tick.
+        self.send_records();
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let raw = self.get_plugin_configuration().unwrap_or_default();
+        let raw = if raw.iter().all(u8::is_ascii_whitespace) {
+            b"{}".to_vec()
+        } else {
+            raw
+        };
+        let config = match Config::from_json(&raw) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = hostcalls::log(
+                    proxy_wasm::types::LogLevel::Error,
+                    &format!("transparent-cache: rejected plugin configuration: {e}"),
+                );
+                return false;
+            }
+        };
+        let node = Node {
+            workload_name: property(&["node", "metadata", "WORKLOAD_NAME"]),
+            namespace: property(&["node", "metadata", "NAMESPACE"]),
+            name: property(&["node", "metadata", "NAME"]),
+        };
+        let engine = Engine::new(
+            config,
+            &node,
+            Services {
+                metrics: Arc::new(EnvoyCounters::define()),
+                clock: Box::new(crate::now_nanos),
+                seed: seed(),
+            },
+        );
+        self.engine = Some(Arc::new(engine));
+        self.set_tick_period(Duration::from_millis(crate::TICK_MS));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.send_records();
+        self.watch_holds();
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http::new(
+            context_id,
+            self.engine.clone(),
+            self.shared.clone(),
+        )))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

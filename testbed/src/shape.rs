@@ -1,0 +1,308 @@
+//! The shapes the filter runs in, and the Envoy bootstrap for each.
+//!
+//! A [`Shape`] says how the filter is put into Envoy (no filter, the wasm plugin in one of its
+//! request modes; more shapes, e.g. a native module or a sidecar, can be added). A [`Layout`] says
+//! where everything is: the listeners (one per plugin configuration, so many configurations share
+//! one Envoy), the demo upstream, the backend. [`Shape::envoy_yaml`] writes the bootstrap.
+//!
+//! Every listener routes everything to cluster `upstream`; the backend is cluster
+//! [`BACKEND_CLUSTER`], and [`REFUSED_CLUSTER`] (when [`Layout::refused`] is set) points at a port
+//! that refuses connections.
+
+use crate::envoy_config::cluster;
+use anyhow::Result;
+use serde_json::Value as Json;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The backend cluster every plugin configuration of the testbed names.
+pub const BACKEND_CLUSTER: &str = "softprobe_backend";
+/// A cluster whose only endpoint refuses connections.
+pub const REFUSED_CLUSTER: &str = "softprobe_refused";
+
+/// How the filter is put into Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Shape {
+    /// Plain Envoy, no filter (baseline).
+    NoFilter,
+    /// The proxy-wasm plugin on the V8 runtime. `hold_headers: true` runs `request_mode:
+    /// hold_headers` with `allow_on_headers_stop_iteration` (Envoy 1.35+); `false` runs
+    /// `stream_headers`, which works on every Envoy.
+    Wasm { hold_headers: bool },
+    /// `envoy.filters.http.ext_proc` calling a `filter-sidecar` process per site (gRPC, HTTP/2
+    /// cluster, `failure_mode_allow`); the site's `plugin_config.sidecar.listen` says where that
+    /// sidecar listens (see [`crate::sidecar`], which starts it).
+    Sidecar,
+}
+
+/// One listener and the plugin configuration its filter runs with.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// Listener name (unique).
+    pub name: String,
+    /// Port on 127.0.0.1; 0 lets Envoy pick ([`crate::Envoy`] discovers it).
+    pub port: u16,
+    /// The plugin configuration (`pluginConfig`), before [`Shape::plugin_config`].
+    pub plugin_config: Json,
+}
+
+/// An access log written by every listener.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    /// File (or `/dev/stdout`).
+    pub path: PathBuf,
+    /// Envoy format string, newline included.
+    pub format: String,
+}
+
+/// Where everything is.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Admin port on 127.0.0.1 (0: Envoy picks).
+    pub admin_port: u16,
+    /// The demo upstream (cluster `upstream`).
+    pub upstream: SocketAddr,
+    /// The backend (cluster [`BACKEND_CLUSTER`]).
+    pub backend: SocketAddr,
+    /// Endpoint of [`REFUSED_CLUSTER`], when wanted (e.g. [`crate::closed_port`]).
+    pub refused: Option<SocketAddr>,
+    pub sites: Vec<Site>,
+    pub access_log: Option<AccessLog>,
+}
+
+/// The access-log format that prints the filter's verdict (`hit`, `miss`, `bypass:<why>`, ...).
+pub const VERDICT_LOG_FORMAT: &str = "%FILTER_STATE(wasm.transparent_cache.verdict:PLAIN)% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %DURATION%\n";
+
+impl Shape {
+    /// A short name for test output (`no-filter`, `wasm-hold-headers`, `wasm-stream-headers`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Shape::NoFilter => "no-filter",
+            Shape::Sidecar => "sidecar",
+            Shape::Wasm { hold_headers: true } => "wasm-hold-headers",
+            Shape::Wasm {
+                hold_headers: false,
+            } => "wasm-stream-headers",
+        }
+    }
+
+    /// Every wasm shape.
+    pub fn wasm() -> [Shape; 2] {
+        [
+            Shape::Wasm { hold_headers: true },
+            Shape::Wasm {
+                hold_headers: false,
+            },
+        ]
+    }
+
+    /// The plugin configuration as this shape runs it: `config` with the shape's `request_mode`.
+    pub fn plugin_config(&self, config: &Json) -> Json {
+        let mut c = config.clone();
+        if let (Shape::Wasm { hold_headers }, Json::Object(map)) = (self, &mut c) {
+            let mode = if *hold_headers {
+                "hold_headers"
+            } else {
+                "stream_headers"
+            };
+            map.insert("request_mode".into(), Json::String(mode.into()));
+        }
+        c
+    }
+
+    /// The HTTP filter snippet (one YAML mapping at column 0) for one site, if the shape has one.
+    pub fn http_filter(&self, plugin_config: &Json) -> Result<Option<String>> {
+        match self {
+            Shape::NoFilter => Ok(None),
+            Shape::Sidecar => Ok(Some(crate::sidecar::http_filter(
+                crate::sidecar::site_addr(plugin_config)?,
+                crate::sidecar::message_timeout_ms(plugin_config),
+            ))),
+            Shape::Wasm { hold_headers } => {
+                let wasm = crate::plugin::wasm_artifact()?;
+                let config = serde_json::to_string(&self.plugin_config(plugin_config))?;
+                let allow = if *hold_headers {
+                    // Envoy >= 1.35: let StopIteration from on_request_headers stop only the
+                    // headers, so body callbacks still arrive (the body is buffered for the lookup).
+                    "    allow_on_headers_stop_iteration: true\n"
+                } else {
+                    ""
+                };
+                Ok(Some(format!(
+                    r#"name: envoy.filters.http.wasm
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+  config:
+    name: transparent_cache
+    root_id: transparent_cache
+{allow}    vm_config:
+      vm_id: transparent_cache
+      runtime: envoy.wasm.runtime.v8
+      code:
+        local:
+          filename: {file}
+    configuration:
+      "@type": type.googleapis.com/google.protobuf.StringValue
+      value: {value}
+"#,
+                    allow = allow,
+                    file = serde_json::to_string(&wasm.to_string_lossy())?,
+                    value = serde_json::to_string(&config)?,
+                )))
+            }
+        }
+    }
+
+    /// The Envoy bootstrap for `layout`.
+    pub fn envoy_yaml(&self, layout: &Layout) -> Result<String> {
+        let mut listeners = String::new();
+        for site in &layout.sites {
+            let mut filters = String::new();
+            if let Some(f) = self.http_filter(&site.plugin_config)? {
+                filters.push_str(&list_item(&f, 10));
+            }
+            let access_log = match &layout.access_log {
+                None => String::new(),
+                Some(a) => format!(
+                    r#"          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {path}
+              log_format:
+                text_format_source:
+                  inline_string: {format}
+"#,
+                    path = serde_json::to_string(&a.path.to_string_lossy())?,
+                    format = serde_json::to_string(&a.format)?,
+                ),
+            };
+            write!(
+                listeners,
+                r#"  - name: {name}
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          codec_type: AUTO
+{access_log}          route_config:
+            name: local_route
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: upstream, timeout: 30s }}
+          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#,
+                name = site.name,
+                port = site.port,
+            )?;
+        }
+        let mut clusters = list_item(&cluster("upstream", layout.upstream), 2);
+        clusters.push_str(&list_item(&cluster(BACKEND_CLUSTER, layout.backend), 2));
+        if *self == Shape::Sidecar {
+            let mut seen = Vec::new();
+            for site in &layout.sites {
+                let addr = crate::sidecar::site_addr(&site.plugin_config)?;
+                if !seen.contains(&addr) {
+                    seen.push(addr);
+                    clusters.push_str(&list_item(&crate::sidecar::cluster(addr), 2));
+                }
+            }
+        }
+        if let Some(r) = layout.refused {
+            clusters.push_str(&list_item(&cluster(REFUSED_CLUSTER, r), 2));
+        }
+        Ok(format!(
+            r#"admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+static_resources:
+  listeners:
+{listeners}  clusters:
+{clusters}"#,
+            admin = layout.admin_port,
+        ))
+    }
+}
+
+/// Indents a column-0 YAML mapping as a list item at `indent` spaces.
+fn list_item(snippet: &str, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let mut out = String::new();
+    for (i, line) in snippet.trim_end().lines().enumerate() {
+        let marker = if i == 0 { "- " } else { "  " };
+        if line.trim().is_empty() {
+            out.push('\n');
+        } else {
+            let _ = writeln!(out, "{pad}{marker}{line}");
+        }
+    }
+    out
+}
+
+/// The plugin's counters from Envoy stats (`wasmcustom.transparent_cache.<name>`), by engine
+/// counter name.
+pub fn plugin_counters(
+    stats: &std::collections::HashMap<String, u64>,
+) -> std::collections::BTreeMap<String, u64> {
+    stats
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("wasmcustom.transparent_cache.")
+                .map(|n| (n.to_string(), *v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_filter_layout_has_listeners_and_clusters() {
+        let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let y = Shape::NoFilter
+            .envoy_yaml(&Layout {
+                admin_port: 0,
+                upstream: a,
+                backend: a,
+                refused: Some(a),
+                sites: vec![
+                    Site {
+                        name: "one".into(),
+                        port: 0,
+                        plugin_config: Json::Null,
+                    },
+                    Site {
+                        name: "two".into(),
+                        port: 0,
+                        plugin_config: Json::Null,
+                    },
+                ],
+                access_log: None,
+            })
+            .unwrap();
+        assert!(y.contains("  - name: one\n"));
+        assert!(y.contains("  - name: two\n"));
+        assert!(y.contains(&format!("  - name: {BACKEND_CLUSTER}\n")));
+        assert!(y.contains(&format!("  - name: {REFUSED_CLUSTER}\n")));
+    }
+
+    #[test]
+    fn plugin_config_sets_the_request_mode() {
+        let c = Shape::Wasm { hold_headers: true }.plugin_config(&serde_json::json!({"a": 1}));
+        assert_eq!(c["request_mode"], "hold_headers");
+        assert_eq!(c["a"], 1);
+    }
+}
