@@ -18,6 +18,7 @@ pub mod proc;
 pub mod raw;
 pub mod service;
 pub mod shape;
+pub mod sidecar;
 
 pub use demo_upstream::DemoUpstream;
 pub use envoy::Envoy;
