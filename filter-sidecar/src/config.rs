@@ -7,6 +7,8 @@
 //!   "backend": {"authority": "o.softprobe.ai", "api_key": "..."},
 //!   "sidecar": {
 //!     "backend_url": "https://o.softprobe.ai",
+//!     "listen": "127.0.0.1:50051",
+//!     "metrics_listen": "127.0.0.1:9090",
 //!     "record_queue_capacity": 1024,
 //!     "record_concurrency": 4,
 //!     "drain_timeout_ms": 5000
@@ -21,6 +23,10 @@ use serde_json::Value;
 pub struct SidecarSettings {
     /// Base URL of the backend (`http://` or `https://`); default `https://<backend.authority>`.
     pub backend_url: Option<String>,
+    /// gRPC listen address (the `--listen` flag wins).
+    pub listen: Option<std::net::SocketAddr>,
+    /// `/metrics` listen address (the `--metrics-listen` flag wins).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub record_queue_capacity: usize,
     pub record_concurrency: usize,
     /// How long a SIGTERM waits for open streams and queued records.
@@ -31,6 +37,8 @@ impl Default for SidecarSettings {
     fn default() -> Self {
         SidecarSettings {
             backend_url: None,
+            listen: None,
+            metrics_listen: None,
             record_queue_capacity: 1024,
             record_concurrency: 4,
             drain_timeout_ms: 5000,
@@ -40,6 +48,8 @@ impl Default for SidecarSettings {
 
 const KEYS: &[&str] = &[
     "backend_url",
+    "listen",
+    "metrics_listen",
     "record_queue_capacity",
     "record_concurrency",
     "drain_timeout_ms",
@@ -78,6 +88,19 @@ fn parse_section(v: &Value) -> anyhow::Result<SidecarSettings> {
         };
         s.backend_url = Some(u.to_string());
     }
+    let addr = |key: &str| -> anyhow::Result<Option<std::net::SocketAddr>> {
+        match obj.get(key).filter(|v| !v.is_null()) {
+            None => Ok(None),
+            Some(v) => match v.as_str().map(str::parse) {
+                Some(Ok(a)) => Ok(Some(a)),
+                _ => anyhow::bail!(
+                    "config key `sidecar.{key}`: expected an address like \"127.0.0.1:50051\""
+                ),
+            },
+        }
+    };
+    s.listen = addr("listen")?;
+    s.metrics_listen = addr("metrics_listen")?;
     let uint = |key: &str, max: u64| -> anyhow::Result<Option<u64>> {
         match obj.get(key).filter(|v| !v.is_null()) {
             None => Ok(None),
@@ -121,6 +144,8 @@ mod tests {
     fn errors_name_the_key() {
         let e = parse(br#"{"sidecar":{"backend":"x"}}"#).unwrap_err();
         assert!(e.to_string().contains("sidecar.backend"), "{e}");
+        let e = parse(br#"{"sidecar":{"listen":"nowhere"}}"#).unwrap_err();
+        assert!(e.to_string().contains("sidecar.listen"), "{e}");
         let e = parse(br#"{"sidecar":{"record_concurrency":0}}"#).unwrap_err();
         assert!(e.to_string().contains("sidecar.record_concurrency"), "{e}");
         let e = parse(br#"{"mdoe":"off"}"#).unwrap_err();

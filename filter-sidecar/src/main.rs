@@ -10,10 +10,12 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "filter-sidecar", version)]
 struct Cli {
-    /// gRPC address Envoy's ext_proc filter connects to.
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
-    /// Address serving `/metrics` (Prometheus text) and `/healthz`; none when omitted.
+    /// gRPC address Envoy's ext_proc filter connects to [default: `sidecar.listen`, else
+    /// 127.0.0.1:50051].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address serving `/metrics` (Prometheus text) and `/healthz` [default:
+    /// `sidecar.metrics_listen`, else none].
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
     /// The plugin's JSON config, plus an optional `sidecar` section.

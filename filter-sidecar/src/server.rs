@@ -17,7 +17,9 @@ use crate::service::{Sidecar, SidecarStats};
 /// What `main` parsed.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub listen: SocketAddr,
+    /// gRPC address; else `sidecar.listen`, else 127.0.0.1:50051.
+    pub listen: Option<SocketAddr>,
+    /// `/metrics` address; else `sidecar.metrics_listen`, else none.
     pub metrics_listen: Option<SocketAddr>,
     pub config: std::path::PathBuf,
     /// Overrides `sidecar.backend_url`.
@@ -96,11 +98,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         sidecar: stats.clone(),
     };
 
-    let listener = tokio::net::TcpListener::bind(opts.listen)
+    let listen = opts
+        .listen
+        .or(settings.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051)));
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("bind {}", opts.listen))?;
+        .with_context(|| format!("bind {listen}"))?;
     let grpc_addr = listener.local_addr()?;
-    let metrics_addr = match opts.metrics_listen {
+    let metrics_addr = match opts.metrics_listen.or(settings.metrics_listen) {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
