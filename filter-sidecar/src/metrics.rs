@@ -73,10 +73,10 @@ impl Exported {
         );
         metric(
             &mut out,
-            "transparent_cache_sidecar_stream_errors_total",
+            "transparent_cache_sidecar_streams_abandoned_total",
             "counter",
-            "ext_proc streams reset by Envoy.",
-            s.stream_errors.load(Ordering::Relaxed),
+            "ext_proc streams Envoy ended before the exchange was over (client gone, timeout).",
+            s.streams_abandoned.load(Ordering::Relaxed),
         );
         out
     }

@@ -77,6 +77,8 @@ pub struct Phases {
     raw_values: bool,
     /// The phase whose answer waits for a lookup.
     pending: Option<Phase>,
+    /// The request is a HEAD.
+    head: bool,
     pub notes: Notes,
 }
 
@@ -152,6 +154,7 @@ impl Phases {
             records,
             raw_values: false,
             pending: None,
+            head: false,
             notes: Notes::default(),
         }
     }
@@ -176,6 +179,8 @@ impl Phases {
             Q::RequestHeaders(h) => {
                 let (headers, raw) = headers_of(h.headers.as_ref());
                 self.raw_values = raw;
+                self.head = filter_core::http::header(&headers, ":method")
+                    .is_some_and(|m| m.eq_ignore_ascii_case(b"HEAD"));
                 let d = self.stream.on_request_headers(headers, h.end_of_stream);
                 self.decide(Phase::RequestHeaders, d, h.end_of_stream)
             }
@@ -220,7 +225,25 @@ impl Phases {
     /// The lookup asked for by [`Step::Lookup`] ended: the response to send.
     pub fn after_lookup(&mut self, result: LookupResult<'_>) -> ProcessingResponse {
         let phase = self.pending.take().unwrap_or(Phase::RequestHeaders);
-        let d = self.stream.on_lookup_result(result);
+        let mut d = self.stream.on_lookup_result(result);
+        if let (
+            true,
+            Decision::Serve(served),
+            filter_core::LookupResult::Answer {
+                body, content_type, ..
+            },
+        ) = (self.head, &mut d, result)
+        {
+            // A hit served to HEAD: the engine dropped the body, but Envoy's local reply keeps the
+            // content type (and sets the length) only when it has one, and never sends it to a
+            // HEAD. Hand Envoy the recorded body so the client sees the recorded headers.
+            if served.body.is_empty() {
+                let format = filter_core::Format::from_content_type(content_type);
+                if let Ok(recorded) = filter_core::codec::decode_answer(body, format) {
+                    served.body = recorded.body;
+                }
+            }
+        }
         match self.decide(phase, d, true) {
             Step::Respond { response, .. } => *response,
             // The engine never asks for a second lookup; answer "continue" if it ever did.

@@ -25,8 +25,9 @@ pub struct SidecarStats {
     pub streams_active: AtomicU64,
     /// Requests whose body arrived incomplete (over Envoy's buffer limit, or with trailers).
     pub request_body_incomplete: AtomicU64,
-    /// ext_proc streams that ended with a gRPC error from Envoy's side.
-    pub stream_errors: AtomicU64,
+    /// ext_proc streams Envoy ended while the engine still expected events (the client went
+    /// away, or Envoy gave up waiting). Envoy ending a finished stream is normal, not counted.
+    pub streams_abandoned: AtomicU64,
 }
 
 /// The ext_proc server.
@@ -68,9 +69,12 @@ pub async fn run_stream<C: Caller>(
             None => break,
             Some(Ok(m)) => m,
             Some(Err(status)) => {
-                // Envoy reset the stream (the client went away, or Envoy gave up waiting).
-                tracing::debug!(%status, "ext_proc stream ended with an error");
-                stats.stream_errors.fetch_add(1, Ordering::Relaxed);
+                // Envoy resets the gRPC stream when the HTTP stream ends; only a reset before the
+                // engine is done means something went away early.
+                if !phases.stream().is_finished() {
+                    tracing::debug!(%status, "ext_proc stream reset before the exchange ended");
+                    stats.streams_abandoned.fetch_add(1, Ordering::Relaxed);
+                }
                 break;
             }
         };
@@ -100,7 +104,7 @@ pub async fn run_stream<C: Caller>(
             break;
         }
     }
-    tracing::debug!(
+    tracing::trace!(
         finished = phases.stream().is_finished(),
         "ext_proc stream closed"
     );

@@ -411,3 +411,24 @@ fn malformed_messages_never_panic() {
     let r = p.after_lookup(MISS);
     assert!(r.response.is_some());
 }
+
+#[test]
+fn a_hit_served_to_head_hands_envoy_the_recorded_body_so_the_headers_survive() {
+    let (mut p, _) = phases("{}");
+    lookup(p.handle(req_headers("HEAD", "/items/7", &[], true)));
+    let answer = hit_answer(&Response {
+        status: 200,
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body: b"{\"id\":7}".to_vec(),
+    });
+    let r = p.after_lookup(filter_core::LookupResult::Answer {
+        status: 200,
+        content_type: Some(b"application/x-protobuf"),
+        body: &answer,
+    });
+    let Some(R::ImmediateResponse(ir)) = r.response else {
+        panic!("{r:?}");
+    };
+    // Envoy never sends a local reply's body to a HEAD; it sets the length from it.
+    assert_eq!(ir.body, b"{\"id\":7}");
+}
