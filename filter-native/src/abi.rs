@@ -4,7 +4,7 @@
 //!
 //! It declares exactly what the filter uses: the program-init hook, the 20 HTTP-filter hooks
 //! Envoy 1.40 requires (it rejects the filter config when one is missing), the two optional
-//! config-level hooks we need (scheduled, callout done), and 14 callbacks. C enums cross the
+//! config-level hooks we need (scheduled, callout done), and 15 callbacks. C enums cross the
 //! boundary as `u32` (a C `enum` is an `int`): an unknown value is never turned into a Rust enum.
 //!
 //! Threading (Envoy's rules): `program_init` and everything `http_filter_config_*` run on the
@@ -240,6 +240,16 @@ callbacks! {
         headers_size: usize,
         body: ModuleBuffer,
         details: ModuleBuffer,
+    );
+
+    /// Sends response headers (`:status` included) to the client as given, ending the stream
+    /// when `end_stream`; Envoy's local-reply rewriting does not apply. Worker thread, during an
+    /// event of that stream or one of its callouts' answers.
+    fn envoy_dynamic_module_callback_http_send_response_headers(
+        filter: FilterEnvoyPtr,
+        headers: *mut ModuleHttpHeader,
+        headers_size: usize,
+        end_stream: bool,
     );
 
     /// Resumes a request stopped by a hook. Worker thread, outside the request hooks (e.g. in
@@ -522,6 +532,23 @@ impl EnvoyHttpFilter for EnvoyFilter {
                 hs.len(),
                 ModuleBuffer::of(body),
                 ModuleBuffer::of(details.as_bytes()),
+            )
+        }
+    }
+
+    fn send_response_headers(&mut self, headers: &[HeaderRef<'_>]) {
+        let mut hs: Vec<ModuleHttpHeader> = headers
+            .iter()
+            .map(|(n, v)| ModuleHttpHeader::of(n, v))
+            .collect();
+        self.released = true;
+        // SAFETY: every buffer points at memory alive for the call; Envoy copies the headers.
+        unsafe {
+            ffi::envoy_dynamic_module_callback_http_send_response_headers(
+                self.raw,
+                hs.as_mut_ptr(),
+                hs.len(),
+                true,
             )
         }
     }

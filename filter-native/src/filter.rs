@@ -261,13 +261,26 @@ fn lookup_result<'a>(
     }
 }
 
+/// Serves a hit. Envoy's local reply drops the `content-type` of a reply without a body (e.g. a
+/// hit served to HEAD), so such a response is sent as headers only, exactly as recorded.
 fn send<EHF: EnvoyHttpFilter>(envoy: &mut EHF, r: &Response) {
     let headers: Vec<HeaderRef<'_>> = r
         .headers
         .iter()
         .map(|(n, v)| (n.as_bytes(), v.as_slice()))
         .collect();
-    envoy.send_response(r.status, &headers, &r.body, "transparent_cache_hit");
+    if r.body.is_empty()
+        && headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(b"content-type"))
+    {
+        let status = r.status.to_string();
+        let mut all: Vec<HeaderRef<'_>> = vec![(b":status", status.as_bytes())];
+        all.extend(headers);
+        envoy.send_response_headers(&all);
+    } else {
+        envoy.send_response(r.status, &headers, &r.body, "transparent_cache_hit");
+    }
 }
 
 impl CacheFilter {

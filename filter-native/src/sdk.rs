@@ -132,6 +132,9 @@ pub trait EnvoyHttpFilter {
     fn received_response_body(&mut self) -> Vec<&[u8]>;
     /// Answers the client locally; nothing (more) goes upstream.
     fn send_response(&mut self, status: u16, headers: &[HeaderRef<'_>], body: &[u8], details: &str);
+    /// Answers the client locally with headers only (`:status` among them, sent as given, no
+    /// framing added) and ends the stream.
+    fn send_response_headers(&mut self, headers: &[HeaderRef<'_>]);
     /// Releases a request stopped earlier (headers and buffered body go on upstream).
     fn continue_decoding(&mut self);
     /// A callout bound to this stream (cancelled if the stream ends first); its answer arrives

@@ -83,10 +83,20 @@ impl Envoy {
 
     /// Like [`Envoy::start`] with extra command-line arguments.
     pub async fn start_with_args(config_yaml: &str, extra_args: &[&str]) -> Result<Envoy> {
+        Self::start_with_env(config_yaml, extra_args, &[]).await
+    }
+
+    /// Like [`Envoy::start_with_args`] with extra environment variables for the Envoy process
+    /// (e.g. `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`).
+    pub async fn start_with_env(
+        config_yaml: &str,
+        extra_args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<Envoy> {
         let bin = tokio::task::spawn_blocking(binary).await??;
         let mut last_err = None;
         for _ in 0..3 {
-            match Self::start_once(&bin, config_yaml, extra_args).await {
+            match Self::start_once(&bin, config_yaml, extra_args, env).await {
                 Ok(e) => return Ok(e),
                 Err(e) if format!("{e:#}").contains("unable to bind domain socket") => {
                     last_err = Some(e);
@@ -97,7 +107,12 @@ impl Envoy {
         Err(last_err.unwrap_or_else(|| anyhow!("envoy did not start")))
     }
 
-    async fn start_once(bin: &Path, config_yaml: &str, extra_args: &[&str]) -> Result<Envoy> {
+    async fn start_once(
+        bin: &Path,
+        config_yaml: &str,
+        extra_args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<Envoy> {
         let dir = test_dir("envoy")?;
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, config_yaml)?;
@@ -115,7 +130,8 @@ impl Envoy {
             .arg(&log_path)
             .arg("--admin-address-path")
             .arg(&admin_file)
-            .args(extra_args);
+            .args(extra_args)
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let mut proc = Proc::spawn("envoy", cmd, dir.path())?;
         proc.add_log(log_path.clone());
 

@@ -13,6 +13,7 @@ pub mod envoy_config;
 pub mod fake_backend;
 pub mod header;
 pub mod http1;
+pub mod native;
 pub mod plugin;
 pub mod proc;
 pub mod raw;

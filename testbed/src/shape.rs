@@ -35,6 +35,11 @@ pub enum Shape {
     /// cluster, `failure_mode_allow`); the site's `plugin_config.sidecar.listen` says where that
     /// sidecar listens (see [`crate::sidecar`], which starts it).
     Sidecar,
+    /// `envoy.filters.http.dynamic_modules` loading `filter-native` (`libtransparent_cache.so`,
+    /// found through `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`, see [`Shape::envoy_env`]), in either
+    /// request mode like the wasm plugin (dynamic modules keep getting body events after
+    /// `StopIteration` on headers, no extra setting needed).
+    Native { hold_headers: bool },
 }
 
 /// One listener and the plugin configuration its filter runs with.
@@ -81,6 +86,10 @@ impl Shape {
         match self {
             Shape::NoFilter => "no-filter",
             Shape::Sidecar => "sidecar",
+            Shape::Native { hold_headers: true } => "native-hold-headers",
+            Shape::Native {
+                hold_headers: false,
+            } => "native-stream-headers",
             Shape::Wasm { hold_headers: true } => "wasm-hold-headers",
             Shape::Wasm {
                 hold_headers: false,
@@ -98,10 +107,47 @@ impl Shape {
         ]
     }
 
+    /// Every native (dynamic module) shape.
+    pub fn native() -> [Shape; 2] {
+        [
+            Shape::Native { hold_headers: true },
+            Shape::Native {
+                hold_headers: false,
+            },
+        ]
+    }
+
+    /// Environment Envoy needs for this shape: for [`Shape::Native`], the dynamic-module search
+    /// path (building the module the first time in this process).
+    pub fn envoy_env(&self) -> Result<Vec<(String, String)>> {
+        match self {
+            Shape::Native { .. } => Ok(vec![(
+                crate::native::SEARCH_PATH_VAR.to_string(),
+                crate::native::module_dir()?.to_string_lossy().into_owned(),
+            )]),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The filter's counters from Envoy stats, by engine counter name.
+    pub fn counters(
+        &self,
+        stats: &std::collections::HashMap<String, u64>,
+    ) -> std::collections::BTreeMap<String, u64> {
+        match self {
+            Shape::Native { .. } => crate::native::counters(stats),
+            _ => plugin_counters(stats),
+        }
+    }
+
     /// The plugin configuration as this shape runs it: `config` with the shape's `request_mode`.
     pub fn plugin_config(&self, config: &Json) -> Json {
         let mut c = config.clone();
-        if let (Shape::Wasm { hold_headers }, Json::Object(map)) = (self, &mut c) {
+        if let (
+            Shape::Wasm { hold_headers } | Shape::Native { hold_headers },
+            Json::Object(map),
+        ) = (self, &mut c)
+        {
             let mode = if *hold_headers {
                 "hold_headers"
             } else {
@@ -120,6 +166,9 @@ impl Shape {
                 crate::sidecar::site_addr(plugin_config)?,
                 crate::sidecar::message_timeout_ms(plugin_config),
             ))),
+            Shape::Native { .. } => Ok(Some(crate::native::http_filter(
+                &serde_json::to_string(&self.plugin_config(plugin_config))?,
+            )?)),
             Shape::Wasm { hold_headers } => {
                 let wasm = crate::plugin::wasm_artifact()?;
                 let config = serde_json::to_string(&self.plugin_config(plugin_config))?;

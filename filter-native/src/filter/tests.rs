@@ -121,6 +121,19 @@ impl EnvoyHttpFilter for MockStream {
             .collect();
         self.sent.push((status, headers, body.to_vec()));
     }
+    fn send_response_headers(&mut self, headers: &[HeaderRef<'_>]) {
+        let status = headers
+            .iter()
+            .find(|(n, _)| *n == b":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(0);
+        let headers = headers
+            .iter()
+            .filter(|(n, _)| *n != b":status")
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        self.sent.push((status, headers, Vec::new()));
+    }
     fn continue_decoding(&mut self) {
         self.continued += 1;
     }
@@ -237,6 +250,24 @@ fn a_hit_is_served_locally_and_nothing_goes_upstream() {
         .any(|(n, v)| n == b"x-softprobe-cache" && v == b"hit"));
     assert_eq!(s.continued, 0);
     assert_eq!(envoy.counter(Counter::Hits), 1);
+}
+
+#[test]
+fn a_hit_without_body_keeps_its_content_type() {
+    let (_envoy, c) = config(BASE);
+    let mut s = request("HEAD", "/items", &[]);
+    let mut f = filter(&c, &mut s);
+    f.on_request_headers(&mut s, true);
+    let ans = answer(200, b"dropped for HEAD");
+    let mut h = status_headers("200");
+    h.push((b"content-type", b"application/x-protobuf"));
+    f.on_http_callout_done(&mut s, 101, CalloutResult::Success, &h, &[&ans]);
+    let (status, headers, body) = &s.sent[0];
+    assert_eq!(*status, 200);
+    assert!(body.is_empty());
+    assert!(headers
+        .iter()
+        .any(|(n, v)| n == b"content-type" && v == b"text/plain"));
 }
 
 #[test]
