@@ -143,10 +143,8 @@ impl Shape {
     /// The plugin configuration as this shape runs it: `config` with the shape's `request_mode`.
     pub fn plugin_config(&self, config: &Json) -> Json {
         let mut c = config.clone();
-        if let (
-            Shape::Wasm { hold_headers } | Shape::Native { hold_headers },
-            Json::Object(map),
-        ) = (self, &mut c)
+        if let (Shape::Wasm { hold_headers } | Shape::Native { hold_headers }, Json::Object(map)) =
+            (self, &mut c)
         {
             let mode = if *hold_headers {
                 "hold_headers"
@@ -166,9 +164,9 @@ impl Shape {
                 crate::sidecar::site_addr(plugin_config)?,
                 crate::sidecar::message_timeout_ms(plugin_config),
             ))),
-            Shape::Native { .. } => Ok(Some(crate::native::http_filter(
-                &serde_json::to_string(&self.plugin_config(plugin_config))?,
-            )?)),
+            Shape::Native { .. } => Ok(Some(crate::native::http_filter(&serde_json::to_string(
+                &self.plugin_config(plugin_config),
+            )?)?)),
             Shape::Wasm { hold_headers } => {
                 let wasm = crate::plugin::wasm_artifact()?;
                 let config = serde_json::to_string(&self.plugin_config(plugin_config))?;

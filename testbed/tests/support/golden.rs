@@ -296,4 +296,3 @@ pub async fn replay_all(shape: Shape) -> String {
     }
     rig.envoy.log()
 }
-
