@@ -6,13 +6,21 @@ WASM_TARGET := wasm32-unknown-unknown
 # Crates that build for wasm32 (the engine and the plugin); the rest are host-only.
 WASM_CRATES := $(foreach c,filter-core filter-wasm,$(if $(wildcard $(c)/Cargo.toml),-p $(c)))
 
-.PHONY: help test lint fmt fmt-check clippy wasm-target envoy clean
+.PHONY: help test lint fmt fmt-check clippy wasm-target envoy clean up wasm
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+wasm: wasm-target ## Build the proxy-wasm plugin (size-tuned) and print its path, size and sha256.
+	@scripts/build-wasm.sh
+
+up: wasm-target ## Run it all on this machine: backend :4318, demo upstream :8080, Envoy + plugin :15001 (UPSTREAM=host:port to use another upstream).
+	$(CARGO) build --locked -q -p backend -p testbed --bins
+	@scripts/ensure-envoy.sh >/dev/null
+	@TRANSPARENT_CACHE_WASM="$$(scripts/build-wasm.sh --quiet --locked -q)" exec $(CARGO) run --locked -q -p testbed --bin up
 
 envoy: ## Install the pinned Envoy (.envoy-version) into the cache folder and print its path.
 	@scripts/ensure-envoy.sh

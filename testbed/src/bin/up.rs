@@ -1,0 +1,218 @@
+//! `up` (`make up`): the product on one machine. Starts the real backend, the demo upstream and
+//! Envoy with the wasm plugin (`hold_headers`), prints how to try it, then one line per request
+//! until Ctrl-C or SIGTERM, and stops everything.
+//!
+//! Environment:
+//! * `UPSTREAM=host:port` — route the listener there instead of starting the demo upstream.
+//! * `DATA=<dir>` — the backend's data folder (default `<repo>/.data/backend`, kept between runs).
+//! * `TRANSPARENT_CACHE_WASM=<file>` — the plugin (default: built with `scripts/build-wasm.sh`).
+//! * `BACKEND_BIN=<file>` — the backend binary (default: `backend` next to this binary).
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use testbed::shape::{AccessLog, BACKEND_CLUSTER, VERDICT_LOG_FORMAT};
+use testbed::{Envoy, Layout, Proc, Shape, Site};
+use tokio::signal::unix::{signal, SignalKind};
+
+const LISTENER: &str = "127.0.0.1:15001";
+const ADMIN_PORT: u16 = 15000;
+const BACKEND: &str = "127.0.0.1:4318";
+const DEMO_UPSTREAM: &str = "127.0.0.1:8080";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// What the plugin's Envoy counters start with.
+const STAT_FILTER: &str = "wasmcustom.transparent_cache";
+
+fn repo_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
+}
+
+fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let p = exe.with_file_name(name);
+    if !p.is_file() {
+        bail!(
+            "{} not found (build it with `cargo build -p {}` or set {env})",
+            p.display(),
+            if name == "backend" {
+                "backend"
+            } else {
+                "testbed"
+            }
+        );
+    }
+    Ok(p)
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("resolve {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to nothing"))
+}
+
+async fn ensure_free(addr: SocketAddr, what: &str) -> Result<()> {
+    if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        bail!("{addr} ({what}) is already in use: stop whatever listens there first");
+    }
+    Ok(())
+}
+
+/// SIGTERM, a short wait, then the drop kills whatever is left.
+async fn stop(mut proc: Proc) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(proc.pid() as i32, libc::SIGTERM);
+    }
+    for _ in 0..50 {
+        if proc.exited().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn label(verdict: &str) -> String {
+    match verdict.split_once(':') {
+        None if verdict == "-" || verdict.is_empty() => "-".into(),
+        None => verdict.to_ascii_uppercase(),
+        Some((kind, why)) => format!("{}({why})", kind.to_ascii_uppercase()),
+    }
+}
+
+/// `verdict method path status duration` (the access-log format) as one readable line.
+fn pretty(line: &str) -> String {
+    let f: Vec<&str> = line.split(' ').collect();
+    match f.as_slice() {
+        [verdict, method, path, status, ms] => {
+            format!(
+                "{:<22} {method:<6} {path} -> {status} in {ms} ms",
+                label(verdict)
+            )
+        }
+        _ => line.to_string(),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+
+    let listener = resolve(LISTENER)?;
+    let backend_addr = resolve(BACKEND)?;
+    ensure_free(listener, "the Envoy listener").await?;
+    ensure_free(
+        SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT)),
+        "Envoy admin",
+    )
+    .await?;
+    ensure_free(backend_addr, "the backend").await?;
+
+    let wasm = tokio::task::spawn_blocking(testbed::plugin::wasm_artifact).await??;
+    let run_dir = tempfile::Builder::new()
+        .prefix("transparent-cache-up-")
+        .tempdir()?;
+
+    // The real backend.
+    let data = std::env::var_os("DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".data/backend"));
+    std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
+    let mut cmd = Command::new(sibling_binary("backend", "BACKEND_BIN")?);
+    cmd.args(["serve", "--listen", BACKEND, "--data"])
+        .arg(&data);
+    let mut backend = Proc::spawn("backend", cmd, run_dir.path())?;
+    backend.wait_for_port(backend_addr, START_TIMEOUT).await?;
+
+    // The upstream: the one given, or the demo upstream.
+    let (upstream, demo) = match std::env::var("UPSTREAM") {
+        Ok(u) if !u.trim().is_empty() => (resolve(u.trim())?, None),
+        _ => {
+            let addr = resolve(DEMO_UPSTREAM)?;
+            ensure_free(addr, "the demo upstream").await?;
+            let mut cmd = Command::new(sibling_binary("demo-upstream", "DEMO_UPSTREAM_BIN")?);
+            cmd.args(["--listen", DEMO_UPSTREAM]);
+            let mut p = Proc::spawn("demo-upstream", cmd, run_dir.path())?;
+            p.wait_for_log_line("READY ", START_TIMEOUT).await?;
+            (addr, Some(p))
+        }
+    };
+
+    // Envoy with the plugin.
+    let access_log = run_dir.path().join("access.log");
+    std::fs::write(&access_log, b"")?;
+    let plugin_config = json!({
+        "backend": {"cluster": BACKEND_CLUSTER, "authority": "localhost"},
+        "service_name": "demo",
+    });
+    let layout = Layout {
+        admin_port: ADMIN_PORT,
+        upstream,
+        backend: backend_addr,
+        refused: None,
+        sites: vec![Site {
+            name: "main".into(),
+            port: listener.port(),
+            plugin_config,
+        }],
+        access_log: Some(AccessLog {
+            path: access_log.clone(),
+            format: VERDICT_LOG_FORMAT.to_string(),
+        }),
+    };
+    std::env::set_var("TRANSPARENT_CACHE_WASM", &wasm);
+    let yaml = Shape::Wasm { hold_headers: true }.envoy_yaml(&layout)?;
+    let envoy = Envoy::start(&yaml).await?;
+
+    println!(
+        "transparent-cache is up: Envoy {listener} -> upstream {upstream}, backend {BACKEND} (data {}), admin 127.0.0.1:{ADMIN_PORT}",
+        data.display()
+    );
+    println!("try it:");
+    println!(
+        "  curl -si -X POST {listener}/orders -H 'content-type: application/json' -d '{{\"sku\":\"A-1\"}}'   # first call: MISS, recorded"
+    );
+    println!(
+        "  curl -si -X POST {listener}/orders -H 'content-type: application/json' -d '{{\"sku\":\"A-1\"}}'   # same call: HIT (x-softprobe-cache: hit)"
+    );
+    println!("  curl -s 127.0.0.1:{ADMIN_PORT}/stats | grep {STAT_FILTER}");
+    println!("(Ctrl-C stops everything)");
+
+    // One line per request, from the access log, until a signal.
+    let mut offset = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick() => {
+                let bytes = std::fs::read(&access_log).unwrap_or_default();
+                if let Some(new) = bytes.get(offset..) {
+                    if let Some(end) = new.iter().rposition(|&b| b == b'\n') {
+                        let text = String::from_utf8_lossy(&new[..=end]).into_owned();
+                        for line in text.lines().filter(|l| !l.is_empty()) {
+                            println!("{}", pretty(line));
+                        }
+                        offset += end + 1;
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping...");
+    drop(envoy);
+    if let Some(p) = demo {
+        stop(p).await;
+    }
+    stop(backend).await;
+    println!("stopped");
+    Ok(())
+}
