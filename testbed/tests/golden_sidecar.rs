@@ -183,10 +183,12 @@ impl Rig {
         };
         if case.expect.extract.is_some() {
             let deadline = Instant::now() + RECORD_DEADLINE;
-            while !(counted(&site.sidecar.counters().await?, &before)
-                && !self.backend.received_on("/v1/traces").await?.is_empty())
-                && Instant::now() < deadline
-            {
+            loop {
+                let done = counted(&site.sidecar.counters().await?, &before)
+                    && !self.backend.received_on("/v1/traces").await?.is_empty();
+                if done || Instant::now() >= deadline {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         } else {
@@ -494,5 +496,81 @@ async fn sigterm_drain() -> Result<()> {
     // Down: traffic still flows.
     let r = raw::send(addr, &get("/after"), T).await?;
     assert_eq!(r.status, 200);
+    Ok(())
+}
+
+/// Added latency of the sidecar per kind of request (median and p90 of 200 sequential requests,
+/// each on a new connection), against the same Envoy without a filter. On demand:
+/// `cargo test -p testbed --test golden_sidecar -- --ignored --nocapture latency`.
+#[test]
+#[ignore]
+fn latency_by_processing_path() -> Result<()> {
+    on_big_stack(latency())
+}
+
+async fn latency() -> Result<()> {
+    const N: usize = 200;
+    let (rig, mut config) = Box::pin(single()).await?;
+    let addr = rig.site(&config)?.listener;
+    let plain = Box::pin(Envoy::start(&testbed::envoy_config::plain(
+        0,
+        0,
+        rig.up.addr(),
+    )))
+    .await?;
+    golden::merge(
+        &mut config,
+        &serde_json::json!({"rules": {"exclude_paths": ["/skip/.*"]}}),
+    );
+    let skip = Box::pin(Rig::start(std::slice::from_ref(&config))).await?;
+    let skip_addr = skip.site(&config)?.listener;
+    let body = vec![b'x'; 4096];
+    let post = |path: &str| {
+        let mut r = RawRequest::new("POST", path);
+        r.headers = vec![
+            HeaderField::new("host", "api.example.com"),
+            HeaderField::new("content-type", "application/octet-stream"),
+        ];
+        r.body = Body::ContentLength(vec![body.clone()]);
+        r
+    };
+    async fn measure(addr: SocketAddr, req: &RawRequest) -> Result<(u128, u128)> {
+        let mut us = Vec::with_capacity(N);
+        for _ in 0..N {
+            let t = Instant::now();
+            let r = raw::send(addr, req, T).await?;
+            us.push(t.elapsed().as_micros());
+            assert_eq!(r.status, 200);
+        }
+        us.sort_unstable();
+        Ok((us[N / 2], us[N * 9 / 10]))
+    }
+    let mut rows = Vec::new();
+    rows.push((
+        "no filter, GET",
+        measure(plain.listener_addr(), &get("/x")).await?,
+    ));
+    rows.push((
+        "no filter, POST 4 KiB",
+        measure(plain.listener_addr(), &post("/x")).await?,
+    ));
+    rows.push((
+        "sidecar, ineligible GET (skip all)",
+        measure(skip_addr, &get("/skip/x")).await?,
+    ));
+    rig.backend.set_inject(&Behaviour::Miss).await?;
+    rows.push((
+        "sidecar, GET miss + record",
+        measure(addr, &get("/miss")).await?,
+    ));
+    rows.push((
+        "sidecar, POST 4 KiB miss + record",
+        measure(addr, &post("/miss")).await?,
+    ));
+    rig.backend.set_inject(&hit_behaviour("cached")).await?;
+    rows.push(("sidecar, GET hit", measure(addr, &get("/hit")).await?));
+    for (what, (p50, p90)) in rows {
+        eprintln!("{what:40} p50 {p50:>6} us   p90 {p90:>6} us");
+    }
     Ok(())
 }
