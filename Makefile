@@ -25,6 +25,10 @@ up: wasm-target ## Run it all on this machine: backend :4318, demo upstream :808
 envoy: ## Install the pinned Envoy (.envoy-version) into the cache folder and print its path.
 	@scripts/ensure-envoy.sh
 
+.PHONY: publish
+publish: wasm-target ## Reproducible plugin build, upload to Cloudflare R2 (R2_* variables, see docs/istio.md), manifests rendered into dist/istio/.
+	@scripts/publish.sh all
+
 test: wasm-target ## Every test: unit, property, golden (engine), backend, and end-to-end through real Envoy.
 	$(CARGO) build --locked --target $(WASM_TARGET) $(WASM_CRATES)
 	$(CARGO) test --locked --workspace

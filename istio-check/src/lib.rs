@@ -56,11 +56,19 @@ pub fn placeholder_tokens(text: &str) -> BTreeSet<String> {
         if b[i] == b'_' && b[i + 1] == b'_' {
             let start = i;
             let mut j = i + 2;
-            while j < b.len() && (b[j].is_ascii_uppercase() || b[j].is_ascii_digit() || b[j] == b'_') {
+            while j < b.len()
+                && (b[j].is_ascii_uppercase() || b[j].is_ascii_digit() || b[j] == b'_')
+            {
                 j += 1;
             }
             let tok = &text[start..j];
-            if tok.len() > 4 && tok.ends_with("__") && tok[2..].chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
+            if tok.len() > 4
+                && tok.ends_with("__")
+                && tok[2..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_uppercase())
+            {
                 out.insert(tok.to_string());
                 i = j;
                 continue;
@@ -114,7 +122,9 @@ impl IstioApi {
     pub fn load() -> Result<IstioApi> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fields/istio-1.18.yaml");
         let text = std::fs::read_to_string(&path)?;
-        let doc = yaml_docs(&text)?.pop().ok_or_else(|| anyhow!("empty {}", path.display()))?;
+        let doc = yaml_docs(&text)?
+            .pop()
+            .ok_or_else(|| anyhow!("empty {}", path.display()))?;
         let Value::Object(kinds) = doc else {
             bail!("{}: expected a mapping of kinds", path.display());
         };
@@ -135,7 +145,9 @@ impl IstioApi {
     pub fn check_spec(&self, kind: &str, spec: &Value) -> Vec<String> {
         let mut errs = Vec::new();
         let Some(k) = self.kinds.get(kind) else {
-            return vec![format!("kind {kind} is not an Istio 1.18 kind known to the check")];
+            return vec![format!(
+                "kind {kind} is not an Istio 1.18 kind known to the check"
+            )];
         };
         let defs = k.get("definitions").cloned().unwrap_or(json!({}));
         let tree = &k["spec"];
@@ -278,15 +290,30 @@ impl EnvoyFields {
 
     /// Every way `v`, a `msg`, uses a field not listed (empty = fine). `used` collects each
     /// `Message.field` met.
-    pub fn check(&self, msg: &str, v: &Value, path: &str, used: &mut BTreeSet<String>) -> Vec<String> {
+    pub fn check(
+        &self,
+        msg: &str,
+        v: &Value,
+        path: &str,
+        used: &mut BTreeSet<String>,
+    ) -> Vec<String> {
         let mut errs = Vec::new();
         self.check_msg(msg, v, path, used, &mut errs);
         errs
     }
 
-    fn check_msg(&self, msg: &str, v: &Value, path: &str, used: &mut BTreeSet<String>, errs: &mut Vec<String>) {
+    fn check_msg(
+        &self,
+        msg: &str,
+        v: &Value,
+        path: &str,
+        used: &mut BTreeSet<String>,
+        errs: &mut Vec<String>,
+    ) {
         let Some(fields) = self.messages.get(msg) else {
-            errs.push(format!("{path}: message {msg} is not in the Envoy 1.26 field list"));
+            errs.push(format!(
+                "{path}: message {msg} is not in the Envoy 1.26 field list"
+            ));
             return;
         };
         let Some(obj) = v.as_object() else {
@@ -298,7 +325,9 @@ impl EnvoyFields {
                 continue;
             }
             let Some(ft) = fields.get(k) else {
-                errs.push(format!("{path}.{k}: {msg}.{k} is not in the Envoy 1.26 field list"));
+                errs.push(format!(
+                    "{path}.{k}: {msg}.{k} is not in the Envoy 1.26 field list"
+                ));
                 continue;
             };
             used.insert(format!("{msg}.{k}"));
@@ -327,14 +356,23 @@ impl EnvoyFields {
         }
     }
 
-    fn check_value(&self, ty: &str, v: &Value, path: &str, used: &mut BTreeSet<String>, errs: &mut Vec<String>) {
+    fn check_value(
+        &self,
+        ty: &str,
+        v: &Value,
+        path: &str,
+        used: &mut BTreeSet<String>,
+        errs: &mut Vec<String>,
+    ) {
         if ty == "Any" {
             let Some(url) = v.get("@type").and_then(Value::as_str) else {
                 errs.push(format!("{path}: an Any without @type"));
                 return;
             };
             let Some(msg) = url.strip_prefix("type.googleapis.com/") else {
-                errs.push(format!("{path}: @type {url} is not a type.googleapis.com URL"));
+                errs.push(format!(
+                    "{path}: @type {url} is not a type.googleapis.com URL"
+                ));
                 return;
             };
             used.insert(format!("@type {msg}"));
@@ -353,7 +391,9 @@ impl EnvoyFields {
 pub fn patch_root(apply_to: &str) -> Option<&'static str> {
     match apply_to {
         "CLUSTER" => Some("envoy.config.cluster.v3.Cluster"),
-        "HTTP_FILTER" => Some("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter"),
+        "HTTP_FILTER" => {
+            Some("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter")
+        }
         "NETWORK_FILTER" => Some("envoy.config.listener.v3.Filter"),
         _ => None,
     }
@@ -433,11 +473,16 @@ pub fn bootstrap_for(envoy_filter: &Value, upstream_port: u16) -> Result<Value> 
                     bail!("configPatches[{i}]: INSERT_BEFORE must match the router of the HTTP connection manager");
                 }
                 let filters = hcm["http_filters"].as_array_mut().expect("a list");
-                let at = filters.iter().position(|f| f["name"] == ROUTER).expect("router");
+                let at = filters
+                    .iter()
+                    .position(|f| f["name"] == ROUTER)
+                    .expect("router");
                 filters.insert(at, value.clone());
             }
             ("NETWORK_FILTER", "MERGE") => {
-                if p["match"]["listener"]["filterChain"]["filter"]["name"] != HCM || value["name"] != HCM {
+                if p["match"]["listener"]["filterChain"]["filter"]["name"] != HCM
+                    || value["name"] != HCM
+                {
                     bail!("configPatches[{i}]: MERGE is supported on the HTTP connection manager only");
                 }
                 merge(&mut hcm, &value["typed_config"]);
@@ -467,7 +512,10 @@ mod tests {
         let t = placeholder_tokens("a __WASM_URL__ b __x__ __SOFTPROBE_API_KEY__\n____");
         assert_eq!(
             t.into_iter().collect::<Vec<_>>(),
-            vec!["__SOFTPROBE_API_KEY__".to_string(), "__WASM_URL__".to_string()]
+            vec![
+                "__SOFTPROBE_API_KEY__".to_string(),
+                "__WASM_URL__".to_string()
+            ]
         );
     }
 
@@ -496,7 +544,12 @@ mod tests {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "failure_mode_allow": true, "allow_mode_override": true}});
         let mut used = BTreeSet::new();
-        let errs = f.check("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter", &v, "v", &mut used);
+        let errs = f.check(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+            &v,
+            "v",
+            &mut used,
+        );
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("allow_mode_override"));
     }

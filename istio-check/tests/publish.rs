@@ -29,15 +29,34 @@ impl Drop for Moto {
 }
 
 fn start_moto(log: &Path) -> Moto {
-    let out = Command::new(repo_root().join("istio-check/ensure-moto.sh")).output().unwrap();
-    assert!(out.status.success(), "ensure-moto: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(repo_root().join("istio-check/ensure-moto.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ensure-moto: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let python = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let child = Command::new(python)
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(Stdio::from(std::fs::File::create(log).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(log.with_extension("err")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(log.with_extension("err")).unwrap(),
+        ))
         .spawn()
         .unwrap();
     let moto = Moto { child, addr };
@@ -61,7 +80,10 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     let mut body = buf[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     (status, body)
@@ -108,7 +130,10 @@ fn publish(step: &str, dist: &Path, target: &Path, moto: SocketAddr) -> String {
 
 fn release_value(dist: &Path, key: &str) -> String {
     let text = std::fs::read_to_string(dist.join("release.env")).unwrap();
-    text.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap().to_string()
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap()
+        .to_string()
 }
 
 fn wasm_filter(url: &str, sha: &str, fail_open: bool) -> String {
@@ -135,13 +160,23 @@ typed_config:
     )
 }
 
-async fn envoy_with(url: &str, sha: &str, fail_open: bool, moto: SocketAddr, up: &DemoUpstream, fb: &FakeBackend) -> Envoy {
+async fn envoy_with(
+    url: &str,
+    sha: &str,
+    fail_open: bool,
+    moto: SocketAddr,
+    up: &DemoUpstream,
+    fb: &FakeBackend,
+) -> Envoy {
     let yaml = envoy_config::with_filters(
         0,
         0,
         up.addr(),
         &[wasm_filter(url, sha, fail_open)],
-        &[envoy_config::cluster("wasm_source", moto), envoy_config::cluster("backend", fb.addr())],
+        &[
+            envoy_config::cluster("wasm_source", moto),
+            envoy_config::cluster("backend", fb.addr()),
+        ],
     );
     Envoy::start(&yaml).await.unwrap()
 }
@@ -155,13 +190,23 @@ async fn publish_uploads_a_reproducible_build_that_envoy_loads_by_sha256() {
     let policy = format!(
         r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::{BUCKET}/*"}}]}}"#
     );
-    let (st, _) = http(moto.addr, "PUT", &format!("/{BUCKET}?policy"), policy.as_bytes());
+    let (st, _) = http(
+        moto.addr,
+        "PUT",
+        &format!("/{BUCKET}?policy"),
+        policy.as_bytes(),
+    );
     assert!((200..300).contains(&st), "bucket policy: {st}");
 
     // Build, upload, render.
     let t0 = Instant::now();
     let dist = work.path().join("dist");
-    let log = publish("all", &dist, &target_dir().join("istio-check-publish"), moto.addr);
+    let log = publish(
+        "all",
+        &dist,
+        &target_dir().join("istio-check-publish"),
+        moto.addr,
+    );
     eprintln!("publish all: {:?}", t0.elapsed());
     assert!(log.contains("public URL serves the same bytes"), "{log}");
     let wasm = std::fs::read(dist.join("filter_wasm.wasm")).unwrap();
@@ -181,14 +226,27 @@ async fn publish_uploads_a_reproducible_build_that_envoy_loads_by_sha256() {
     // The rendered manifests carry the URL and sha256 and still pass the Istio 1.18 field check.
     let api = IstioApi::load().unwrap();
     let rendered = dist.join("istio");
-    let wp = &yaml_docs(&std::fs::read_to_string(rendered.join("overlays/wasmplugin/wasmplugin.yaml")).unwrap()).unwrap()[0];
+    let wp = &yaml_docs(
+        &std::fs::read_to_string(rendered.join("overlays/wasmplugin/wasmplugin.yaml")).unwrap(),
+    )
+    .unwrap()[0];
     assert_eq!(wp["spec"]["url"], url.as_str());
     assert_eq!(wp["spec"]["sha256"], sha.as_str());
-    assert_eq!(wp["spec"]["pluginConfig"]["backend"]["api_key"], "pk_test_publish");
+    assert_eq!(
+        wp["spec"]["pluginConfig"]["backend"]["api_key"],
+        "pk_test_publish"
+    );
     assert!(api.check_spec("WasmPlugin", &wp["spec"]).is_empty());
-    let ef = &yaml_docs(&std::fs::read_to_string(rendered.join("overlays/fail-open/envoyfilter-wasm.yaml")).unwrap()).unwrap()[0];
+    let ef = &yaml_docs(
+        &std::fs::read_to_string(rendered.join("overlays/fail-open/envoyfilter-wasm.yaml"))
+            .unwrap(),
+    )
+    .unwrap()[0];
     let text = serde_json::to_string(ef).unwrap();
-    assert!(text.contains(&url) && text.contains(&sha) && !text.contains("__"), "{text}");
+    assert!(
+        text.contains(&url) && text.contains(&sha) && !text.contains("__"),
+        "{text}"
+    );
 
     // Reproducible: a second build from scratch in another target dir gives the same bytes.
     let t1 = Instant::now();
@@ -196,35 +254,97 @@ async fn publish_uploads_a_reproducible_build_that_envoy_loads_by_sha256() {
     let dist2 = work.path().join("dist2");
     publish("build", &dist2, other_target.path(), moto.addr);
     eprintln!("second build from scratch: {:?}", t1.elapsed());
-    assert_eq!(hex(&Sha256::digest(std::fs::read(dist2.join("filter_wasm.wasm")).unwrap())), sha, "two builds differ");
+    assert_eq!(
+        hex(&Sha256::digest(
+            std::fs::read(dist2.join("filter_wasm.wasm")).unwrap()
+        )),
+        sha,
+        "two builds differ"
+    );
 
     // Envoy 1.40 fetches the module from the bucket, checks its sha256 and runs it: the plugin
     // looks the request up on the backend and counts it.
     let up = DemoUpstream::start().await.unwrap();
     let fb = FakeBackend::start().await.unwrap();
     let envoy = envoy_with(&url, &sha, false, moto.addr, &up, &fb).await;
-    let resp = raw::send(envoy.listener_addr(), &raw::RawRequest::new("GET", "/hello"), Duration::from_secs(10)).await.unwrap();
+    let resp = raw::send(
+        envoy.listener_addr(),
+        &raw::RawRequest::new("GET", "/hello"),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status, 200, "{}", envoy.log_tail(30));
-    assert_eq!(fb.received_on("/v1/inject").await.unwrap().len(), 1, "the plugin did not run");
+    assert_eq!(
+        fb.received_on("/v1/inject").await.unwrap().len(),
+        1,
+        "the plugin did not run"
+    );
     let stats = envoy.stats().await.unwrap();
-    assert!(stats.get("wasmcustom.transparent_cache.requests").copied().unwrap_or(0) >= 1, "stat names: {:?}", stats.keys().filter(|k| k.contains("transparent_cache")).collect::<Vec<_>>());
-    assert!(stats.get("wasmcustom.transparent_cache.misses").copied().unwrap_or(0) >= 1);
+    assert!(
+        stats
+            .get("wasmcustom.transparent_cache.requests")
+            .copied()
+            .unwrap_or(0)
+            >= 1,
+        "stat names: {:?}",
+        stats
+            .keys()
+            .filter(|k| k.contains("transparent_cache"))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        stats
+            .get("wasmcustom.transparent_cache.misses")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    );
     let prom = envoy.admin_get("/stats/prometheus").await.unwrap();
-    assert!(prom.lines().any(|l| l.starts_with("transparent_cache_requests")), "prometheus names: {:?}", prom.lines().filter(|l| l.contains("transparent_cache")).collect::<Vec<_>>());
+    assert!(
+        prom.lines()
+            .any(|l| l.starts_with("transparent_cache_requests")),
+        "prometheus names: {:?}",
+        prom.lines()
+            .filter(|l| l.contains("transparent_cache"))
+            .collect::<Vec<_>>()
+    );
     drop(envoy);
 
     // A wrong sha256: the module is refused. Fail closed, requests get 503; with fail_open they
     // pass through without the filter.
-    let wrong = format!("{}{}", if sha.starts_with('0') { "1" } else { "0" }, &sha[1..]);
+    let wrong = format!(
+        "{}{}",
+        if sha.starts_with('0') { "1" } else { "0" },
+        &sha[1..]
+    );
     let fb2 = FakeBackend::start().await.unwrap();
     let mut envoy = envoy_with(&url, &wrong, false, moto.addr, &up, &fb2).await;
-    envoy.wait_for_log("failed to load", Duration::from_secs(15)).await.unwrap();
-    let resp = raw::send(envoy.listener_addr(), &raw::RawRequest::new("GET", "/hello"), Duration::from_secs(10)).await.unwrap();
+    envoy
+        .wait_for_log("failed to load", Duration::from_secs(15))
+        .await
+        .unwrap();
+    let resp = raw::send(
+        envoy.listener_addr(),
+        &raw::RawRequest::new("GET", "/hello"),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status, 503);
     drop(envoy);
     let mut envoy = envoy_with(&url, &wrong, true, moto.addr, &up, &fb2).await;
-    envoy.wait_for_log("failed to load", Duration::from_secs(15)).await.unwrap();
-    let resp = raw::send(envoy.listener_addr(), &raw::RawRequest::new("GET", "/hello"), Duration::from_secs(10)).await.unwrap();
+    envoy
+        .wait_for_log("failed to load", Duration::from_secs(15))
+        .await
+        .unwrap();
+    let resp = raw::send(
+        envoy.listener_addr(),
+        &raw::RawRequest::new("GET", "/hello"),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status, 200);
     assert!(fb2.received_on("/v1/inject").await.unwrap().is_empty());
 }
