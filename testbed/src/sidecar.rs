@@ -148,6 +148,11 @@ impl Sidecar {
         self.metrics
     }
 
+    /// The process id while it runs (for `/proc` readings: CPU time, peak memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
     /// Kills it (SIGKILL, no drain).
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
