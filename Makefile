@@ -17,10 +17,14 @@ wasm-target:
 wasm: wasm-target ## Build the proxy-wasm plugin (size-tuned) and print its path, size and sha256.
 	@scripts/build-wasm.sh
 
-up: wasm-target ## Run it all on this machine: backend :4318, demo upstream :8080, Envoy + plugin :15001 (UPSTREAM=host:port to use another upstream).
-	$(CARGO) build --locked -q -p backend -p testbed --bins
+up: wasm-target ## Run it all on this machine: backend :4318, demo upstream :8080, Envoy + plugin :15001 (UPSTREAM=host:port to use another upstream; UP_SHAPE=sidecar for the ext_proc sidecar instead of the plugin).
+	$(CARGO) build --locked -q -p backend -p testbed $(if $(filter sidecar,$(UP_SHAPE)),-p filter-sidecar) --bins
 	@scripts/ensure-envoy.sh >/dev/null
+ifeq ($(UP_SHAPE),sidecar)
+	@UP_SHAPE=sidecar exec $(CARGO) run --locked -q -p testbed --bin up
+else
 	@TRANSPARENT_CACHE_WASM="$$(scripts/build-wasm.sh --quiet --locked -q)" exec $(CARGO) run --locked -q -p testbed --bin up
+endif
 
 envoy: ## Install the pinned Envoy (.envoy-version) into the cache folder and print its path.
 	@scripts/ensure-envoy.sh

@@ -7,6 +7,8 @@
 //! * `DATA=<dir>` — the backend's data folder (default `<repo>/.data/backend`, kept between runs).
 //! * `TRANSPARENT_CACHE_WASM=<file>` — the plugin (default: built with `scripts/build-wasm.sh`).
 //! * `BACKEND_BIN=<file>` — the backend binary (default: `backend` next to this binary).
+//! * `UP_SHAPE=sidecar` — Envoy with `ext_proc` and the `filter-sidecar` process instead of the
+//!   wasm plugin (`FILTER_SIDECAR_BIN=<file>`, default: `filter-sidecar` next to this binary).
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -116,7 +118,15 @@ async fn main() -> Result<()> {
     .await?;
     ensure_free(backend_addr, "the backend").await?;
 
-    let wasm = tokio::task::spawn_blocking(testbed::plugin::wasm_artifact).await??;
+    let shape = match std::env::var("UP_SHAPE").unwrap_or_default().trim() {
+        "" | "wasm" => Shape::Wasm { hold_headers: true },
+        "sidecar" => Shape::Sidecar,
+        other => bail!("UP_SHAPE={other:?}: expected `wasm` (default) or `sidecar`"),
+    };
+    let wasm = match shape {
+        Shape::Sidecar => None,
+        _ => Some(tokio::task::spawn_blocking(testbed::plugin::wasm_artifact).await??),
+    };
     let run_dir = tempfile::Builder::new()
         .prefix("transparent-cache-up-")
         .tempdir()?;
@@ -149,10 +159,22 @@ async fn main() -> Result<()> {
     // Envoy with the plugin.
     let access_log = run_dir.path().join("access.log");
     std::fs::write(&access_log, b"")?;
-    let plugin_config = json!({
+    let mut plugin_config = json!({
         "backend": {"cluster": BACKEND_CLUSTER, "authority": "localhost"},
         "service_name": "demo",
     });
+    // The sidecar shape: the same config, served by a filter-sidecar process Envoy calls.
+    let sidecar = match shape {
+        Shape::Sidecar => {
+            let bin = sibling_binary("filter-sidecar", "FILTER_SIDECAR_BIN")?;
+            std::env::set_var("FILTER_SIDECAR_BIN", &bin);
+            let s = testbed::sidecar::Sidecar::start(&plugin_config, &format!("http://{BACKEND}"))
+                .await?;
+            plugin_config["sidecar"] = json!({"listen": s.grpc_addr().to_string()});
+            Some(s)
+        }
+        _ => None,
+    };
     let layout = Layout {
         admin_port: ADMIN_PORT,
         upstream,
@@ -168,8 +190,10 @@ async fn main() -> Result<()> {
             format: VERDICT_LOG_FORMAT.to_string(),
         }),
     };
-    std::env::set_var("TRANSPARENT_CACHE_WASM", &wasm);
-    let yaml = Shape::Wasm { hold_headers: true }.envoy_yaml(&layout)?;
+    if let Some(wasm) = &wasm {
+        std::env::set_var("TRANSPARENT_CACHE_WASM", wasm);
+    }
+    let yaml = shape.envoy_yaml(&layout)?;
     let envoy = Envoy::start(&yaml).await?;
 
     println!(
@@ -183,7 +207,14 @@ async fn main() -> Result<()> {
     println!(
         "  curl -si -X POST {listener}/orders -H 'content-type: application/json' -d '{{\"sku\":\"A-1\"}}'   # same call: HIT (x-softprobe-cache: hit)"
     );
-    println!("  curl -s 127.0.0.1:{ADMIN_PORT}/stats | grep {STAT_FILTER}");
+    match &sidecar {
+        Some(s) => println!(
+            "  curl -s {}/metrics | grep transparent_cache   # the ext_proc sidecar (gRPC {})",
+            s.metrics_addr(),
+            s.grpc_addr()
+        ),
+        None => println!("  curl -s 127.0.0.1:{ADMIN_PORT}/stats | grep {STAT_FILTER}"),
+    }
     println!("(Ctrl-C stops everything)");
 
     // One line per request, from the access log, until a signal.
@@ -209,6 +240,9 @@ async fn main() -> Result<()> {
     }
     println!("stopping...");
     drop(envoy);
+    if let Some(mut s) = sidecar {
+        let _ = s.terminate(Duration::from_secs(5)).await;
+    }
     if let Some(p) = demo {
         stop(p).await;
     }
