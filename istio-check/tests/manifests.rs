@@ -166,6 +166,7 @@ fn plugin_configs_are_accepted_by_the_engine() {
                     .unwrap_or_else(|| panic!("{file}: no config.json"));
                 let mut v: Value =
                     serde_json::from_str(s).unwrap_or_else(|e| panic!("{file}: {e}"));
+                // The keys of filter-sidecar's `sidecar` section (filter-sidecar/src/config.rs).
                 let sidecar = v
                     .as_object_mut()
                     .unwrap()
@@ -175,6 +176,8 @@ fn plugin_configs_are_accepted_by_the_engine() {
                     assert!(
                         [
                             "backend_url",
+                            "listen",
+                            "metrics_listen",
                             "record_queue_capacity",
                             "record_concurrency",
                             "drain_timeout_ms"
