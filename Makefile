@@ -33,8 +33,19 @@ envoy: ## Install the pinned Envoy (.envoy-version) into the cache folder and pr
 publish: wasm-target ## Reproducible plugin build, upload to Cloudflare R2 (R2_* variables, see docs/istio.md), manifests rendered into dist/istio/.
 	@scripts/publish.sh all
 
+# Where cargo builds. `make test` builds every artifact the end-to-end tests run (testbed and
+# backend binaries, the sidecar, the dynamic module, the wasm plugin) once, here, and points the
+# tests at them, so no test rebuilds a dependency tree of its own.
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
+
 test: wasm-target ## Every test: unit, property, golden (engine), backend, and end-to-end through real Envoy.
-	$(CARGO) build --locked --target $(WASM_TARGET) $(WASM_CRATES)
+	$(CARGO) build --locked --workspace
+	@scripts/ensure-envoy.sh >/dev/null
+	wasm="$$(scripts/build-wasm.sh --quiet --locked)"; \
+	TESTBED_BIN_DIR=$(TARGET_DIR)/debug \
+	FILTER_SIDECAR_BIN=$(TARGET_DIR)/debug/filter-sidecar \
+	TRANSPARENT_CACHE_NATIVE_DIR=$(TARGET_DIR)/debug \
+	TRANSPARENT_CACHE_WASM="$$wasm" \
 	$(CARGO) test --locked --workspace
 
 fmt: ## Format the code.
