@@ -84,7 +84,14 @@ pub struct Config {
     pub redactor: Redactor,
     /// Header added to served hits (value `hit`), or none.
     pub hit_header: Option<String>,
+    /// Request header the host writes the verdict ([`crate::Stream::verdict`]) into once it is
+    /// known, at points where the upstream can no longer see it (for tracers that tag spans from
+    /// request headers only, e.g. Istio 1.18's `Telemetry` custom tags), or none.
+    pub verdict_header: Option<String>,
 }
+
+/// Default of [`Config::verdict_header`].
+pub const DEFAULT_VERDICT_HEADER: &str = "x-softprobe-cache-verdict";
 
 /// Default redacted headers.
 pub const DEFAULT_REDACT: &[&str] = &[
@@ -128,6 +135,7 @@ impl Default for Config {
             rules: Rules::default(),
             redactor: Redactor::new(DEFAULT_REDACT),
             hit_header: Some("x-softprobe-cache".into()),
+            verdict_header: Some(DEFAULT_VERDICT_HEADER.into()),
         }
     }
 }
@@ -166,6 +174,7 @@ const TOP_KEYS: &[&str] = &[
     "redact_headers",
     "mark_hits",
     "hit_header",
+    "verdict_header",
 ];
 const BACKEND_KEYS: &[&str] = &[
     "cluster",
@@ -491,6 +500,20 @@ impl Config {
         }
         if top.bool("mark_hits")? == Some(false) {
             c.hit_header = None;
+        }
+        match top.get("verdict_header") {
+            None => {}
+            Some(Value::Bool(false)) => c.verdict_header = None,
+            Some(Value::String(name)) if crate::http::is_token(name.as_bytes()) => {
+                c.verdict_header = Some(name.to_ascii_lowercase());
+            }
+            Some(Value::String(name)) => {
+                return Err(top.err(
+                    "verdict_header",
+                    format!("{name:?} is not a valid header name"),
+                ));
+            }
+            Some(v) => return Err(top.expected("verdict_header", "a header name or false", v)),
         }
         Ok(c)
     }

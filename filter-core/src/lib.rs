@@ -48,7 +48,7 @@ pub mod trace;
 pub mod wire;
 
 pub use codec::{AnswerError, DecodeError, Direction, Format, Redactor};
-pub use config::{Config, ConfigError, Mode, OnBackendError, RequestMode};
+pub use config::{Config, ConfigError, Mode, OnBackendError, RequestMode, DEFAULT_VERDICT_HEADER};
 pub use engine::{Callout, Decision, Engine, LookupResult, Node, RecordResult, Services, Stream};
 pub use http::{Header, Response};
 pub use metrics::{AtomicCounters, Bypass, Counter, LookupFailure, Metrics};

@@ -15,6 +15,10 @@ fn empty_input_means_defaults() {
         assert_eq!(c.recordable_statuses, vec![200]);
         assert_eq!(c.request_mode, RequestMode::StreamHeaders);
         assert_eq!(c.hit_header.as_deref(), Some("x-softprobe-cache"));
+        assert_eq!(
+            c.verdict_header.as_deref(),
+            Some("x-softprobe-cache-verdict")
+        );
         assert!(c.redactor.is_redacted("authorization"));
         assert!(c.redactor.is_redacted("set-cookie"));
     }
@@ -184,6 +188,29 @@ fn invalid_json_is_reported() {
 fn mark_hits_false_removes_the_marker() {
     let c = Config::from_json(br#"{"mark_hits": false}"#).unwrap();
     assert_eq!(c.hit_header, None);
+}
+
+#[test]
+fn verdict_header_is_a_name_or_false() {
+    let c = Config::from_json(br#"{"verdict_header": "X-Cache-Verdict"}"#).unwrap();
+    assert_eq!(c.verdict_header.as_deref(), Some("x-cache-verdict"));
+    let c = Config::from_json(br#"{"verdict_header": false}"#).unwrap();
+    assert_eq!(c.verdict_header, None);
+    // null means the default, like every key.
+    let c = Config::from_json(br#"{"verdict_header": null}"#).unwrap();
+    assert_eq!(c.verdict_header.as_deref(), Some(DEFAULT_VERDICT_HEADER));
+    for bad in [
+        r#"{"verdict_header": ":status"}"#,
+        r#"{"verdict_header": "a b"}"#,
+        r#"{"verdict_header": ""}"#,
+        r#"{"verdict_header": true}"#,
+        r#"{"verdict_header": 7}"#,
+    ] {
+        assert_eq!(err(bad).key, "verdict_header", "{bad}");
+    }
+    assert!(err(r#"{"verdict_header": true}"#)
+        .message
+        .contains("a header name or false"));
 }
 
 #[test]
