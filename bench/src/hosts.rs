@@ -1,0 +1,211 @@
+//! The setups every Envoy bench compares: Envoy without the filter, and the filter in each of its
+//! hosts, each as a testbed [`Shape`] in a real Envoy (one worker).
+
+use crate::servers::Servers;
+use anyhow::{bail, Result};
+use serde_json::{json, Value as Json};
+use testbed::shape::{Layout, Site, BACKEND_CLUSTER};
+use testbed::sidecar::Sidecar;
+use testbed::{Envoy, Shape};
+
+/// One setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// Envoy, no filter: the baseline every ratio is against.
+    NoFilter,
+    /// The proxy-wasm plugin on V8, `request_mode: hold_headers`.
+    WasmHold,
+    /// The proxy-wasm plugin on V8, `request_mode: stream_headers`.
+    WasmStream,
+    /// The Envoy dynamic module (native shared object), `request_mode: hold_headers`.
+    Native,
+    /// The ext_proc sidecar (a gRPC hop per request phase).
+    Sidecar,
+}
+
+impl Host {
+    pub const ALL: [Host; 5] = [
+        Host::NoFilter,
+        Host::WasmHold,
+        Host::WasmStream,
+        Host::Native,
+        Host::Sidecar,
+    ];
+
+    /// Short id used in bench ids, `BENCH_HOSTS` and table rows.
+    pub fn key(self) -> &'static str {
+        match self {
+            Host::NoFilter => "no-filter",
+            Host::WasmHold => "wasm-hold",
+            Host::WasmStream => "wasm-stream",
+            Host::Native => "native",
+            Host::Sidecar => "sidecar",
+        }
+    }
+
+    /// The testbed shape, or `None` while the testbed cannot run this host yet.
+    pub fn shape(self) -> Option<Shape> {
+        match self {
+            Host::NoFilter => Some(Shape::NoFilter),
+            Host::WasmHold => Some(Shape::Wasm { hold_headers: true }),
+            Host::WasmStream => Some(Shape::Wasm {
+                hold_headers: false,
+            }),
+            Host::Native => Some(Shape::Native { hold_headers: true }),
+            Host::Sidecar => Some(Shape::Sidecar),
+        }
+    }
+
+    /// The hosts to run: those with a shape, narrowed by `BENCH_HOSTS=no-filter,wasm-hold,...`
+    /// (no-filter is always kept: every ratio needs it).
+    pub fn selected() -> Vec<Host> {
+        let wanted = std::env::var("BENCH_HOSTS").unwrap_or_default();
+        Host::ALL
+            .into_iter()
+            .filter(|h| h.shape().is_some())
+            .filter(|h| {
+                *h == Host::NoFilter
+                    || wanted.trim().is_empty()
+                    || wanted.split(',').any(|w| w.trim() == h.key())
+            })
+            .collect()
+    }
+
+    /// The hosts the testbed cannot run yet (listed in the report, never given numbers).
+    pub fn missing() -> Vec<Host> {
+        Host::ALL
+            .into_iter()
+            .filter(|h| h.shape().is_none())
+            .collect()
+    }
+}
+
+/// The filter configuration of the benches: `mode` (`record_and_inject`, or `inject_only` for
+/// "record off"), bodies up to 2 MiB.
+pub fn filter_config(mode: &str) -> Json {
+    json!({
+        "mode": mode,
+        "service_name": "bench-app",
+        "max_request_body_bytes": 2 * 1024 * 1024,
+        "max_response_body_bytes": 2 * 1024 * 1024,
+        "backend": {
+            "cluster": BACKEND_CLUSTER,
+            "authority": "backend.local",
+            "lookup_timeout_ms": 5000,
+            "record_timeout_ms": 5000
+        }
+    })
+}
+
+/// One host running: Envoy, and for the sidecar host the `filter-sidecar` process.
+pub struct Running {
+    pub envoy: Envoy,
+    pub sidecar: Option<Sidecar>,
+}
+
+impl Running {
+    /// Envoy's listener.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.envoy.listener_addr()
+    }
+
+    /// Envoy's process id.
+    pub fn envoy_pid(&mut self) -> u32 {
+        self.envoy.proc().pid()
+    }
+
+    /// The sidecar's process id, for the sidecar host.
+    pub fn sidecar_pid(&self) -> Option<u32> {
+        self.sidecar.as_ref().and_then(Sidecar::pid)
+    }
+
+    /// The last lines of Envoy's (and the sidecar's) log.
+    pub fn log_tail(&self) -> String {
+        let mut s = self.envoy.log_tail(30);
+        if let Some(sc) = &self.sidecar {
+            s.push_str(&sc.log_tail(30));
+        }
+        s
+    }
+}
+
+/// Starts `host` in front of `servers` (Envoy, plus the sidecar process for the sidecar host),
+/// with the filter configured by `config`.
+pub async fn start(host: Host, servers: &Servers, config: &Json) -> Result<Running> {
+    let Some(shape) = host.shape() else {
+        bail!("the testbed has no shape for {} yet", host.key());
+    };
+    let mut config = config.clone();
+    let sidecar = if shape == Shape::Sidecar {
+        let sc = Box::pin(Sidecar::start(
+            &config,
+            &format!("http://{}", servers.backend),
+        ))
+        .await?;
+        if let Json::Object(map) = &mut config {
+            map.insert(
+                "sidecar".into(),
+                json!({"listen": sc.grpc_addr().to_string()}),
+            );
+        }
+        Some(sc)
+    } else {
+        None
+    };
+    let layout = Layout {
+        admin_port: 0,
+        upstream: servers.upstream,
+        backend: servers.backend,
+        refused: None,
+        sites: vec![Site {
+            name: "bench".into(),
+            port: 0,
+            plugin_config: config,
+        }],
+        access_log: None,
+    };
+    let envoy =
+        Envoy::start_with_env(&shape.envoy_yaml(&layout)?, &[], &shape.envoy_env()?).await?;
+    Ok(Running { envoy, sidecar })
+}
+
+/// The request every Envoy bench sends: `POST` with `size` bytes of binary body.
+pub fn request(size: usize) -> testbed::raw::RawRequest {
+    let body = if size == 0 {
+        testbed::raw::Body::ContentLength(Vec::new())
+    } else {
+        testbed::raw::Body::ContentLength(vec![crate::body(size)])
+    };
+    testbed::raw::RawRequest::new("POST", "/api/v1/items/42?expand=owner")
+        .header("content-type", "application/octet-stream")
+        .header("user-agent", "bench/1.0")
+        .header("x-request-id", "7f8a2c1e-1f0e-4a9b-9d7e-0c6b2a1f3e4d")
+        .body(body)
+}
+
+/// Checks one response: 200 with the expected body length, and, through a filter, a hit exactly
+/// when `path` is [`crate::Path::Hit`] (the recorded answer carries `x-upstream: recorded`).
+pub fn check(
+    host: Host,
+    path: crate::Path,
+    size: usize,
+    resp: &testbed::raw::RawResponse,
+) -> Result<()> {
+    if resp.status != 200 || resp.body.len() != size {
+        bail!(
+            "{}: expected 200 with {size} bytes, got {} with {}",
+            host.key(),
+            resp.status,
+            resp.body.len()
+        );
+    }
+    let served = resp.header("x-upstream").is_some();
+    if host != Host::NoFilter && served != (path == crate::Path::Hit) {
+        bail!(
+            "{}: expected a {}, got the other path",
+            host.key(),
+            path.name()
+        );
+    }
+    Ok(())
+}
