@@ -54,6 +54,13 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
 }
 
 /// proxy-wasm's header map serialization, with values as bytes.
@@ -118,6 +125,17 @@ pub fn resume_request() -> Result<(), HostError> {
 pub fn set_property(key: &str, value: &[u8]) -> Result<(), HostError> {
     // SAFETY: both slices live for the duration of the call; the host copies them.
     check(unsafe { proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) })
+}
+
+/// Sets (replacing any value) a header of the current (effective) stream's request header map.
+/// The SDK's `set_map_value` panics when the host answers anything but `Ok` (e.g. no request
+/// header map any more).
+pub fn replace_request_header(name: &str, value: &[u8]) -> Result<(), HostError> {
+    // SAFETY: both slices live for the duration of the call; the host copies them. 0 =
+    // HttpRequestHeaders.
+    check(unsafe {
+        proxy_replace_header_map_value(0, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+    })
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -44,6 +44,11 @@ pub struct Flow {
     lookup: Option<Lookup>,
     /// The verdict last written to the stream's filter state.
     published: Option<String>,
+    /// The verdict last written into the request header map (config `verdict_header`).
+    header_written: Option<String>,
+    /// The request headers went on upstream: Envoy's wasm host no longer lets the plugin change
+    /// the request header map (it answers `BadArgument`).
+    headers_released: bool,
     /// `content-type` values of a served response without a body: Envoy drops the content type of
     /// a local reply whose body is empty (e.g. a hit served to HEAD), so the response-headers
     /// callback puts them back.
@@ -87,6 +92,12 @@ impl Flow {
         self.lookup = None;
     }
 
+    /// The request (headers included) goes on upstream.
+    fn resumed(&mut self) {
+        self.release();
+        self.headers_released = true;
+    }
+
     fn publish(&mut self) {
         let Some(stream) = &self.stream else {
             return;
@@ -97,6 +108,37 @@ impl Flow {
         }
         let _ = abi::set_property(crate::VERDICT_PROPERTY, verdict.as_bytes());
         self.published = Some(verdict.into_owned());
+    }
+
+    /// Writes the verdict into the request header map (config `verdict_header`), for tracers
+    /// that tag spans from request headers only (Istio 1.18's `Telemetry` custom tags) and
+    /// access logs (`%REQ(x-softprobe-cache-verdict)%`). Only called just before a local reply
+    /// (a hit, or strict mode's 502) while the request headers are still held: the upstream never
+    /// gets them, and Envoy reads the map again for the access log and when the span ends. Once
+    /// the headers have gone upstream, Envoy's wasm host refuses changes to the map (checked on
+    /// Envoy 1.40: `BadArgument` in the response-headers callback), so no other verdict can be
+    /// written without the upstream seeing it.
+    fn write_verdict_header(&mut self) {
+        if self.headers_released {
+            return;
+        }
+        let Some(stream) = &self.stream else {
+            return;
+        };
+        let Some(name) = stream.engine().config().verdict_header.as_deref() else {
+            return;
+        };
+        let verdict = stream.verdict();
+        if verdict == "pending" || self.header_written.as_deref() == Some(verdict.as_ref()) {
+            return;
+        }
+        // Not fatal: the verdict is still in the filter state.
+        if let Err(e) = abi::replace_request_header(name, verdict.as_bytes()) {
+            log_warn(&format!(
+                "transparent-cache: could not write the verdict header: {e}"
+            ));
+        }
+        self.header_written = Some(verdict.into_owned());
     }
 
     fn record(&self, decision: Decision) {
@@ -147,7 +189,7 @@ impl Flow {
                 Action::Pause
             }
             Decision::Resume | Decision::PassThrough(_) => {
-                self.release();
+                self.resumed();
                 Action::Continue
             }
             d @ Decision::Record(_) => {
@@ -157,6 +199,9 @@ impl Flow {
         };
         if let Phase::Body { size } = phase {
             self.buffered = if action == Action::Pause { size } else { 0 };
+        }
+        if phase == Phase::Headers && action == Action::Continue {
+            self.headers_released = true;
         }
         self.publish();
         action
@@ -173,7 +218,7 @@ impl Flow {
             other => {
                 // Resume / PassThrough, and anything unexpected: never leave the request held.
                 self.record(other);
-                self.release();
+                self.resumed();
                 if let Err(e) = abi::resume_request() {
                     log_warn(&format!("transparent-cache: could not resume request: {e}"));
                 }
@@ -183,6 +228,8 @@ impl Flow {
     }
 
     fn serve(&mut self, response: &Response) {
+        // The request never goes upstream now (or its headers already did): safe to write.
+        self.write_verdict_header();
         if response.body.is_empty() {
             self.served_content_type = response
                 .headers
@@ -288,6 +335,8 @@ impl Http {
                 held_since: None,
                 lookup: None,
                 published: None,
+                header_written: None,
+                headers_released: false,
                 served_content_type: Vec::new(),
             })),
         }

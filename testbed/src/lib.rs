@@ -20,6 +20,7 @@ pub mod raw;
 pub mod service;
 pub mod shape;
 pub mod sidecar;
+pub mod tracing;
 
 pub use demo_upstream::DemoUpstream;
 pub use envoy::Envoy;

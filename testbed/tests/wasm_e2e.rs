@@ -1,6 +1,10 @@
 //! The wasm plugin through real Envoy beyond the golden cases: records survive the stream,
 //! every backend fault fails open, bodies over the limit pass byte for byte, a bad configuration
-//! is refused, the verdict reaches the access log, and a held request is never left hanging.
+//! is refused, the verdict reaches the access log (filter state and request header) and a span tag
+//! without the upstream ever seeing the header, and a held request is never left hanging.
+
+#[path = "support/spans.rs"]
+mod spans;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value as Json};
@@ -400,6 +404,138 @@ async fn a_hold_the_host_never_answers_is_released_by_the_watchdog() {
         lines[0].starts_with("error:timeout POST /stuck 200 "),
         "{lines:?}"
     );
+}
+
+/// The request header the plugin writes the verdict into (config `verdict_header`'s default).
+const VERDICT_HEADER: &str = filter_core::DEFAULT_VERDICT_HEADER;
+
+#[test]
+fn the_istio_telemetry_tag_reads_the_header_the_plugin_writes() {
+    let telemetry = include_str!("../../istio/base/telemetry-tracing.yaml");
+    assert!(
+        telemetry.contains(&format!("name: {VERDICT_HEADER}\n")),
+        "istio/base/telemetry-tracing.yaml does not tag {VERDICT_HEADER}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verdict_header_of_a_hit_reaches_the_access_log_and_the_span_never_the_upstream() {
+    // Envoy's wasm host lets the plugin change the request header map only while the request
+    // headers are held: the verdict header is written just before the local reply of a hit whose
+    // headers never went upstream (no body, or hold_headers). Anything else keeps the tag's
+    // default: writing it earlier would show it to the upstream, and later Envoy refuses.
+    for shape in Shape::wasm() {
+        let hold = shape == Shape::Wasm { hold_headers: true };
+        let collector = FakeBackend::start().await.unwrap();
+        let tags = [testbed::tracing::request_header_tag(
+            "softprobe.cache.verdict",
+            VERDICT_HEADER,
+            "unknown",
+        )];
+        let collector_addr = collector.addr();
+        let rig = Rig::start_with(shape, &[base()], move |y| {
+            testbed::tracing::with_otel_tracing(&y, collector_addr, &tags).replace(
+                "%REQ(:METHOD)%",
+                &format!("%REQ({VERDICT_HEADER})% %REQ(:METHOD)%"),
+            )
+        })
+        .await
+        .unwrap();
+        let ctx = shape.name();
+        let body = || Body::Chunked(vec![b"{\"a\":".to_vec(), b"1}".to_vec()]);
+        for req in [
+            RawRequest::new("GET", "/miss-get"),
+            post("/miss-post", body()),
+        ] {
+            let r = raw::send(rig.site(0), &req, T).await.unwrap();
+            assert_eq!(r.status, 200, "{ctx}: {}", rig.envoy.log_tail(30));
+        }
+        rig.backend
+            .set_inject(&spans::hit(b"cached"))
+            .await
+            .unwrap();
+        for req in [
+            RawRequest::new("GET", "/hit-get"),
+            post("/hit-post", body()),
+        ] {
+            let r = raw::send(rig.site(0), &req, T).await.unwrap();
+            assert_eq!(r.status, 200, "{ctx}: {}", rig.envoy.log_tail(30));
+            assert_eq!(r.body, b"cached", "{ctx}");
+            assert_eq!(
+                r.header("x-softprobe-cache").as_deref(),
+                Some("hit"),
+                "{ctx}"
+            );
+        }
+        // (a) The upstream never saw the header, whatever it received (stream_headers: the
+        // hit POST's headers went upstream before the lookup answered).
+        let seen = rig.up.requests().await.unwrap();
+        let complete: Vec<&str> = seen
+            .iter()
+            .filter(|r| r.complete)
+            .map(|r| r.path.as_str())
+            .collect();
+        assert_eq!(complete, ["/miss-get", "/miss-post"], "{ctx}");
+        for r in &seen {
+            assert_eq!(r.header(VERDICT_HEADER), None, "{ctx}: upstream got {r:?}");
+        }
+        // (b) %REQ(..)% in the access log and the span tag from the request header.
+        let hit_post = if hold { "hit" } else { "-" };
+        let lines = rig.access_log_lines(4).await;
+        for (verdict, header, path) in [
+            ("miss", "-", "/miss-get"),
+            ("miss", "-", "/miss-post"),
+            ("hit", "hit", "/hit-get"),
+            ("hit", hit_post, "/hit-post"),
+        ] {
+            let line = lines
+                .iter()
+                .find(|l| l.contains(&format!(" {path} ")))
+                .unwrap_or_else(|| panic!("{ctx}: no access-log line for {path}: {lines:?}"));
+            assert!(
+                line.starts_with(&format!("{verdict} {header} ")),
+                "{ctx}: {path}: {line:?}"
+            );
+            let span = spans::span_for(&collector, path, Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|| panic!("{ctx}: no span for {path}; {}", rig.envoy.log_tail(30)));
+            let tag = if header == "-" { "unknown" } else { header };
+            assert_eq!(
+                span.attr_str("softprobe.cache.verdict"),
+                Some(tag),
+                "{ctx}: {path}: {span:?}"
+            );
+        }
+        assert!(
+            !rig.envoy
+                .log()
+                .contains("could not write the verdict header"),
+            "{ctx}: {}",
+            rig.envoy.log_tail(30)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdict_header_false_writes_no_header() {
+    let rig = Rig::start_with(
+        Shape::Wasm { hold_headers: true },
+        &[with(json!({"verdict_header": false}))],
+        |y| {
+            y.replace(
+                "%REQ(:METHOD)%",
+                &format!("%REQ({VERDICT_HEADER})% %REQ(:METHOD)%"),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    let r = raw::send(rig.site(0), &RawRequest::new("GET", "/off"), T)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let lines = rig.access_log_lines(1).await;
+    assert!(lines[0].starts_with("miss - GET /off 200 "), "{lines:?}");
 }
 
 /// `filter_wasm::HOLD_MARGIN_MS` (the plugin is a cdylib, so it is not a dependency here).
