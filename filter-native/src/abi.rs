@@ -4,7 +4,7 @@
 //!
 //! It declares exactly what the filter uses: the program-init hook, the 20 HTTP-filter hooks
 //! Envoy 1.40 requires (it rejects the filter config when one is missing), the two optional
-//! config-level hooks we need (scheduled, callout done), and 15 callbacks. C enums cross the
+//! config-level hooks we need (scheduled, callout done), and 19 callbacks. C enums cross the
 //! boundary as `u32` (a C `enum` is an `int`): an unknown value is never turned into a Rust enum.
 //!
 //! Threading (Envoy's rules): `program_init` and everything `http_filter_config_*` run on the
@@ -50,6 +50,8 @@ pub type FilterEnvoyPtr = *mut c_void;
 pub type FilterModulePtr = *const c_void;
 /// A config scheduler: made by Envoy, released by us with `..._config_scheduler_delete`.
 pub type ConfigSchedulerPtr = *mut c_void;
+/// A stream scheduler: made by Envoy, released by us with `..._http_filter_scheduler_delete`.
+pub type StreamSchedulerPtr = *mut c_void;
 
 /// Bytes owned by Envoy, valid for the current hook.
 #[repr(C)]
@@ -302,6 +304,34 @@ callbacks! {
         scheduler: ConfigSchedulerPtr,
         event_id: u64,
     );
+
+    /// Sets a string value in the stream's dynamic metadata under `namespace` / `key` (the
+    /// namespace is created when missing). Worker thread, during an event of that stream. Some ABI
+    /// versions return a bool, others nothing: declared without a return value (the C calling
+    /// convention lets a caller ignore it), so both link and behave the same.
+    fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+        filter: FilterEnvoyPtr,
+        namespace: ModuleBuffer,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    );
+
+    /// Makes a scheduler bound to the stream: `commit` posts to the stream's worker, which runs
+    /// `on_http_filter_scheduled` if the stream still exists. Worker thread, during an event of
+    /// that stream; the module releases it with `..._http_filter_scheduler_delete`.
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(
+        filter: FilterEnvoyPtr,
+    ) -> StreamSchedulerPtr;
+
+    /// Posts `event_id` to the stream's worker (`on_http_filter_scheduled`). Any thread, while the
+    /// scheduler exists (it holds only a weak reference to the stream and the worker's dispatcher).
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler: StreamSchedulerPtr,
+        event_id: u64,
+    );
+
+    /// Releases a stream scheduler. Any thread (a plain delete), while the worker exists.
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: StreamSchedulerPtr);
 
     /// Releases a config scheduler. Main thread.
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
@@ -559,6 +589,29 @@ impl EnvoyHttpFilter for EnvoyFilter {
         unsafe { ffi::envoy_dynamic_module_callback_http_filter_continue_decoding(self.raw) }
     }
 
+    fn set_dynamic_metadata_string(&mut self, namespace: &str, key: &str, value: &str) {
+        // SAFETY: `raw` is valid during this hook on this worker; the buffers are alive for the
+        // call and Envoy copies them.
+        unsafe {
+            ffi::envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+                self.raw,
+                ModuleBuffer::of(namespace.as_bytes()),
+                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            )
+        }
+    }
+
+    fn new_scheduler(&mut self) -> Option<Box<dyn Scheduler>> {
+        // SAFETY: `raw` is valid during this hook on this worker.
+        let s = unsafe { ffi::envoy_dynamic_module_callback_http_filter_scheduler_new(self.raw) };
+        if s.is_null() {
+            None
+        } else {
+            Some(Box::new(EnvoyStreamScheduler(s)))
+        }
+    }
+
     fn http_callout(
         &mut self,
         cluster: &str,
@@ -639,6 +692,31 @@ impl Drop for EnvoyScheduler {
     fn drop(&mut self) {
         // SAFETY: made by `scheduler_new`, released once.
         unsafe { ffi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
+    }
+}
+
+/// A stream scheduler, released on drop.
+struct EnvoyStreamScheduler(StreamSchedulerPtr);
+
+// SAFETY: Envoy's stream scheduler holds a weak reference to the stream and the worker's
+// dispatcher: commit (a post to that dispatcher) and delete are callable from any thread. The
+// filter drops it (through its own drop, on the worker) before the stream is destroyed, so it
+// never outlives the worker.
+unsafe impl Send for EnvoyStreamScheduler {}
+// SAFETY: as above.
+unsafe impl Sync for EnvoyStreamScheduler {}
+
+impl Scheduler for EnvoyStreamScheduler {
+    fn commit(&self, event_id: u64) {
+        // SAFETY: the scheduler is alive until drop.
+        unsafe { ffi::envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, event_id) }
+    }
+}
+
+impl Drop for EnvoyStreamScheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by `http_filter_scheduler_new`, released once.
+        unsafe { ffi::envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) }
     }
 }
 
@@ -1143,13 +1221,22 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
 ) {
 }
 
-/// Worker thread: a per-stream scheduler event. We make none; required by Envoy.
+/// Worker thread: an event committed through the stream's scheduler (the hold watchdog).
+///
+/// # Safety
+/// Envoy's pointers for a live stream.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _filter_envoy: FilterEnvoyPtr,
-    _filter: FilterModulePtr,
-    _event_id: u64,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    filter_envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    event_id: u64,
 ) {
+    // SAFETY: Envoy's pointers for this stream, on its worker.
+    unsafe {
+        other_event(filter, filter_envoy, "scheduled event", |f, e| {
+            f.on_scheduled(e, event_id)
+        })
+    }
 }
 
 /// Worker thread: the client's write buffer is over its high watermark (terminal filters only);

@@ -8,10 +8,11 @@
 //! - records: queued on the config and sent from the main thread by a config-level callout (woken
 //!   by the config scheduler), so they survive the end of their stream.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use filter_core::{
     Callout, Config, Counter, Decision, Engine, LookupFailure, LookupResult, Metrics, Node,
@@ -25,6 +26,111 @@ use crate::sdk::{
 
 /// Records waiting for the main thread; past this, new ones are dropped (and counted).
 pub const MAX_QUEUED_RECORDS: usize = 1024;
+
+/// How long past the lookup timeout a request may stay held without progress before the
+/// watchdog releases it (as the wasm plugin's `HOLD_MARGIN_MS`).
+pub const HOLD_MARGIN_MS: u64 = 1000;
+
+/// The dynamic metadata the verdict ([`Stream::verdict`]) is written to: namespace and key
+/// (`%DYNAMIC_METADATA(transparent_cache:verdict)%`; a tracer's `metadata` custom tag with kind
+/// `request`, key `transparent_cache`, path `verdict`).
+pub const VERDICT_METADATA_NAMESPACE: &str = "transparent_cache";
+/// See [`VERDICT_METADATA_NAMESPACE`].
+pub const VERDICT_METADATA_KEY: &str = "verdict";
+
+/// The event id the watchdog commits to a stream's scheduler.
+const HOLD_EXPIRED_EVENT: u64 = 1;
+
+/// Streams holding their request, and when each must have made progress. A helper thread (started
+/// when the first stream is watched, gone when none is left) wakes each stream whose deadline
+/// passed through that stream's own scheduler, so the stream is released on its worker.
+#[derive(Default)]
+struct Watchdog {
+    state: Mutex<WatchState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct WatchState {
+    /// Watched streams by id. An entry never outlives its filter (the filter removes it when
+    /// dropped), so its scheduler clone is never the last one and Envoy's scheduler is always
+    /// released on the stream's worker.
+    entries: BTreeMap<u64, Watched>,
+    /// Whether the helper thread is running.
+    running: bool,
+}
+
+struct Watched {
+    deadline: Instant,
+    scheduler: Arc<dyn Scheduler>,
+}
+
+impl Watchdog {
+    /// Watches (or moves the deadline of) stream `id`.
+    fn watch(self: &Arc<Self>, id: u64, deadline: Instant, scheduler: Arc<dyn Scheduler>) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        st.entries.insert(
+            id,
+            Watched {
+                deadline,
+                scheduler,
+            },
+        );
+        if !st.running {
+            let me = self.clone();
+            let started = std::thread::Builder::new()
+                .name("tc-hold-watchdog".into())
+                .spawn(move || me.run());
+            match started {
+                Ok(_) => st.running = true,
+                Err(e) => crate::abi::log(
+                    LogLevel::Error,
+                    &format!("transparent-cache: no hold watchdog thread: {e}"),
+                ),
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    fn unwatch(&self, id: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            if st.entries.remove(&id).is_some() && st.entries.is_empty() {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// The helper thread: commits the scheduler of every stream past its deadline (dropping its
+    /// entry: the stream re-arms it if it is still held), sleeps until the next deadline, and ends
+    /// when nothing is watched.
+    fn run(self: Arc<Self>) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        loop {
+            let now = Instant::now();
+            st.entries.retain(|_, w| {
+                if w.deadline <= now {
+                    w.scheduler.commit(HOLD_EXPIRED_EVENT);
+                    false
+                } else {
+                    true
+                }
+            });
+            let Some(next) = st.entries.values().map(|w| w.deadline).min() else {
+                st.running = false;
+                return;
+            };
+            let wait = next.saturating_duration_since(now);
+            st = match self.wake.wait_timeout(st, wait) {
+                Ok((guard, _)) => guard,
+                Err(_) => return,
+            };
+        }
+    }
+}
 
 /// The engine's counters as Envoy counters (defined once per config, in [`Counter::ALL`] order).
 struct EnvoyCounters {
@@ -45,6 +151,9 @@ struct Shared {
     engine: Arc<Engine>,
     records: Mutex<VecDeque<Callout>>,
     scheduler: Option<Box<dyn Scheduler>>,
+    watchdog: Arc<Watchdog>,
+    /// Ids of the streams (for the watchdog).
+    next_stream: AtomicU64,
 }
 
 impl Shared {
@@ -127,6 +236,8 @@ pub fn new_config<EC: EnvoyHttpFilterConfig>(
             engine,
             records: Mutex::new(VecDeque::new()),
             scheduler,
+            watchdog: Arc::new(Watchdog::default()),
+            next_stream: AtomicU64::new(1),
         }),
     })
 }
@@ -139,6 +250,15 @@ impl CacheConfig {
     /// Records waiting for the main thread.
     pub fn queued_records(&self) -> usize {
         self.shared.records.lock().map_or(0, |q| q.len())
+    }
+
+    /// Streams the hold watchdog is watching.
+    pub fn watched_streams(&self) -> usize {
+        self.shared
+            .watchdog
+            .state
+            .lock()
+            .map_or(0, |s| s.entries.len())
     }
 }
 
@@ -155,9 +275,13 @@ impl<EC: EnvoyHttpFilterConfig, EHF: EnvoyHttpFilter + 'static> HttpFilterConfig
     fn new_http_filter(&self, _envoy: &mut EHF) -> Box<dyn HttpFilter<EHF>> {
         Box::new(CacheFilter {
             stream: Stream::new(self.shared.engine.clone()),
+            id: self.shared.next_stream.fetch_add(1, Ordering::Relaxed),
             shared: self.shared.clone(),
             lookup: None,
             holding: false,
+            held_since: None,
+            scheduler: None,
+            published: None,
         })
     }
 
@@ -210,10 +334,24 @@ struct Lookup {
 /// One stream.
 pub struct CacheFilter {
     stream: Stream,
+    /// This stream's id for the watchdog.
+    id: u64,
     shared: Arc<Shared>,
     lookup: Option<Lookup>,
     /// The request is stopped in Envoy (headers and/or body held).
     holding: bool,
+    /// Since when the request is held without progress (reset by every request event).
+    held_since: Option<Instant>,
+    /// This stream's scheduler (made the first time the request is held), for the watchdog.
+    scheduler: Option<Arc<dyn Scheduler>>,
+    /// The verdict last written to the dynamic metadata.
+    published: Option<String>,
+}
+
+impl Drop for CacheFilter {
+    fn drop(&mut self) {
+        self.shared.watchdog.unwatch(self.id);
+    }
 }
 
 /// The most telling of two decisions made for slices of one body frame: anything that changes
@@ -284,6 +422,60 @@ fn send<EHF: EnvoyHttpFilter>(envoy: &mut EHF, r: &Response) {
 }
 
 impl CacheFilter {
+    /// How long the request may stay held without progress: the lookup timeout plus
+    /// [`HOLD_MARGIN_MS`].
+    fn hold_limit(&self) -> Duration {
+        let timeout = self.stream.engine().config().backend.lookup_timeout_ms;
+        Duration::from_millis(timeout.saturating_add(HOLD_MARGIN_MS))
+    }
+
+    /// Writes the verdict to the stream's dynamic metadata when it changed.
+    fn publish<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF) {
+        let verdict = self.stream.verdict();
+        if verdict == "pending" || self.published.as_deref() == Some(verdict.as_ref()) {
+            return;
+        }
+        envoy.set_dynamic_metadata_string(
+            VERDICT_METADATA_NAMESPACE,
+            VERDICT_METADATA_KEY,
+            &verdict,
+        );
+        self.published = Some(verdict.into_owned());
+    }
+
+    /// Answers locally, the verdict written first.
+    fn serve<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF, r: &Response) {
+        self.publish(envoy);
+        send(envoy, r);
+    }
+
+    /// After a request event: a held request is watched from now (progress resets its clock);
+    /// a released one no longer.
+    fn watch<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF) {
+        if !self.holding || self.stream.is_finished() {
+            self.unwatch();
+            return;
+        }
+        let now = Instant::now();
+        self.held_since = Some(now);
+        self.arm(envoy, now + self.hold_limit());
+    }
+
+    fn arm<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF, deadline: Instant) {
+        if self.scheduler.is_none() {
+            self.scheduler = envoy.new_scheduler().map(Arc::from);
+        }
+        if let Some(s) = &self.scheduler {
+            self.shared.watchdog.watch(self.id, deadline, s.clone());
+        }
+    }
+
+    fn unwatch(&mut self) {
+        if self.held_since.take().is_some() {
+            self.shared.watchdog.unwatch(self.id);
+        }
+    }
+
     /// Carries out a decision made inside a request event; returns whether Envoy must keep the
     /// request (true) or let it go on (false).
     fn act<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF, mut d: Decision) -> bool {
@@ -314,7 +506,7 @@ impl CacheFilter {
                     }
                 }
                 Decision::Serve(r) => {
-                    send(envoy, &r);
+                    self.serve(envoy, &r);
                     return true;
                 }
                 Decision::Resume | Decision::PassThrough(_) => return false,
@@ -329,7 +521,30 @@ impl CacheFilter {
     fn request_event<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF, d: Decision) -> bool {
         let hold = self.act(envoy, d);
         self.holding = hold;
+        self.watch(envoy);
+        self.publish(envoy);
         hold
+    }
+
+    /// Carries out a decision made outside the request events (lookup answer, watchdog): the
+    /// request is answered or released, never left held.
+    fn act_async<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF, d: Decision) {
+        match d {
+            Decision::Serve(r) => {
+                self.holding = false;
+                self.unwatch();
+                self.serve(envoy, &r);
+            }
+            Decision::Resume | Decision::PassThrough(_) => {
+                self.holding = false;
+                self.unwatch();
+                self.publish(envoy);
+                envoy.continue_decoding();
+            }
+            Decision::Record(c) => self.shared.record(c),
+            Decision::Continue | Decision::Hold | Decision::Lookup(_) => {}
+        }
+        self.publish(envoy);
     }
 }
 
@@ -396,6 +611,7 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
         {
             self.shared.record(c);
         }
+        self.publish(envoy);
         HeadersStatus::Continue
     }
 
@@ -425,14 +641,45 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
         if let Some(c) = record {
             self.shared.record(c);
         }
+        self.publish(envoy);
         BodyStatus::Continue
     }
 
-    fn on_response_trailers(&mut self, _envoy: &mut EHF) -> TrailersStatus {
+    fn on_response_trailers(&mut self, envoy: &mut EHF) -> TrailersStatus {
         if let Decision::Record(c) = self.stream.on_response_trailers() {
             self.shared.record(c);
         }
+        self.publish(envoy);
         TrailersStatus::Continue
+    }
+
+    /// The watchdog: the request has been held past its limit without progress (e.g. the client
+    /// never finished the body, or Envoy never delivered it). Handled like a lookup timeout
+    /// (`lookup_errors_timeout`, verdict `error:timeout`): released, or the strict-mode 502.
+    fn on_scheduled(&mut self, envoy: &mut EHF, event_id: u64) {
+        if event_id != HOLD_EXPIRED_EVENT || !self.holding {
+            return;
+        }
+        let Some(since) = self.held_since else {
+            return;
+        };
+        let limit = self.hold_limit();
+        if since.elapsed() < limit {
+            // Progress since the watchdog looked: watch the new deadline.
+            self.arm(envoy, since + limit);
+            return;
+        }
+        crate::abi::log(
+            LogLevel::Warn,
+            &format!(
+                "transparent-cache: request held over {} ms without progress; released",
+                limit.as_millis()
+            ),
+        );
+        self.held_since = None;
+        self.lookup = None;
+        let d = self.stream.on_hold_expired();
+        self.act_async(envoy, d);
     }
 
     fn on_http_callout_done(
@@ -464,18 +711,7 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
         let elapsed = u64::try_from(lookup.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let r = lookup_result(result, headers, answer, elapsed, lookup.timeout_ms);
         let d = self.stream.on_lookup_result(r);
-        match d {
-            Decision::Serve(r) => {
-                self.holding = false;
-                send(envoy, &r);
-            }
-            Decision::Resume | Decision::PassThrough(_) => {
-                self.holding = false;
-                envoy.continue_decoding();
-            }
-            Decision::Record(c) => self.shared.record(c),
-            Decision::Continue | Decision::Hold | Decision::Lookup(_) => {}
-        }
+        self.act_async(envoy, d);
     }
 }
 

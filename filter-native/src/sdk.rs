@@ -87,8 +87,9 @@ pub enum LogLevel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterId(pub usize);
 
-/// Wakes the config on the main thread ([`HttpFilterConfig::on_scheduled`]). Callable from any
-/// thread; dropping it releases Envoy's scheduler.
+/// Wakes the config on the main thread ([`HttpFilterConfig::on_scheduled`]), or a stream on its
+/// worker ([`HttpFilter::on_scheduled`]). Callable from any thread; dropping it releases Envoy's
+/// scheduler.
 pub trait Scheduler: Send + Sync {
     fn commit(&self, event_id: u64);
 }
@@ -137,6 +138,13 @@ pub trait EnvoyHttpFilter {
     fn send_response_headers(&mut self, headers: &[HeaderRef<'_>]);
     /// Releases a request stopped earlier (headers and buffered body go on upstream).
     fn continue_decoding(&mut self);
+    /// Sets a string in the stream's dynamic metadata (`namespace` / `key`), where access logs
+    /// (`%DYNAMIC_METADATA(namespace:key)%`) and tracers' `metadata` custom tags read it.
+    fn set_dynamic_metadata_string(&mut self, namespace: &str, key: &str, value: &str);
+    /// A scheduler bound to this stream: [`Scheduler::commit`] (from any thread) runs
+    /// [`HttpFilter::on_scheduled`] on the stream's worker, or nothing once the stream is gone.
+    /// Dropping it releases Envoy's scheduler.
+    fn new_scheduler(&mut self) -> Option<Box<dyn Scheduler>>;
     /// A callout bound to this stream (cancelled if the stream ends first); its answer arrives
     /// in [`HttpFilter::on_http_callout_done`].
     fn http_callout(
@@ -199,6 +207,8 @@ pub trait HttpFilter<EHF: EnvoyHttpFilter> {
         _body: &[&[u8]],
     ) {
     }
+    /// An event committed through the stream's scheduler ([`EnvoyHttpFilter::new_scheduler`]).
+    fn on_scheduled(&mut self, _envoy: &mut EHF, _event_id: u64) {}
     /// The stream is over (before the filter is dropped).
     fn on_stream_complete(&mut self, _envoy: &mut EHF) {}
 }

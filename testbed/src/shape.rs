@@ -80,6 +80,10 @@ pub struct Layout {
 /// The access-log format that prints the filter's verdict (`hit`, `miss`, `bypass:<why>`, ...).
 pub const VERDICT_LOG_FORMAT: &str = "%FILTER_STATE(wasm.transparent_cache.verdict:PLAIN)% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %DURATION%\n";
 
+/// [`VERDICT_LOG_FORMAT`] for the native module, which writes the verdict to the dynamic metadata
+/// (namespace `transparent_cache`, key `verdict`).
+pub const NATIVE_VERDICT_LOG_FORMAT: &str = "%DYNAMIC_METADATA(transparent_cache:verdict)% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %DURATION%\n";
+
 impl Shape {
     /// A short name for test output (`no-filter`, `wasm-hold-headers`, `wasm-stream-headers`).
     pub fn name(&self) -> &'static str {
@@ -94,6 +98,15 @@ impl Shape {
             Shape::Wasm {
                 hold_headers: false,
             } => "wasm-stream-headers",
+        }
+    }
+
+    /// The access-log format that prints this shape's verdict: [`NATIVE_VERDICT_LOG_FORMAT`] for
+    /// the native module, [`VERDICT_LOG_FORMAT`] otherwise.
+    pub fn verdict_log_format(&self) -> &'static str {
+        match self {
+            Shape::Native { .. } => NATIVE_VERDICT_LOG_FORMAT,
+            _ => VERDICT_LOG_FORMAT,
         }
     }
 

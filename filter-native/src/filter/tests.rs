@@ -99,6 +99,20 @@ struct MockStream {
     fail_callouts: bool,
     sent: Vec<Served>,
     continued: u32,
+    /// Dynamic metadata writes: (namespace, key, value).
+    metadata: Vec<(String, String, String)>,
+    commits: Arc<Commits>,
+}
+
+impl MockStream {
+    /// The last verdict written to the dynamic metadata.
+    fn verdict(&self) -> Option<&str> {
+        self.metadata
+            .iter()
+            .rev()
+            .find(|(ns, k, _)| ns == "transparent_cache" && k == "verdict")
+            .map(|(_, _, v)| v.as_str())
+    }
 }
 
 impl EnvoyHttpFilter for MockStream {
@@ -136,6 +150,13 @@ impl EnvoyHttpFilter for MockStream {
     }
     fn continue_decoding(&mut self) {
         self.continued += 1;
+    }
+    fn set_dynamic_metadata_string(&mut self, namespace: &str, key: &str, value: &str) {
+        self.metadata
+            .push((namespace.into(), key.into(), value.into()));
+    }
+    fn new_scheduler(&mut self) -> Option<Box<dyn Scheduler>> {
+        Some(Box::new(self.commits.clone()))
     }
     fn http_callout(
         &mut self,
@@ -486,4 +507,140 @@ fn passed_through_requests_never_read_the_response() {
     assert_eq!(f.on_response_body(&mut s, true), BodyStatus::Continue);
     assert_eq!(envoy.counter(Counter::BypassModeOff), 1);
     assert_eq!(envoy.counter(Counter::BytesBuffered), 0);
+}
+
+#[test]
+fn the_verdict_is_written_to_the_dynamic_metadata_once_known() {
+    let (_envoy, c) = config(BASE);
+    // A hit: written before the local reply.
+    let mut s = request("GET", "/items", &[]);
+    let mut f = filter(&c, &mut s);
+    f.on_request_headers(&mut s, true);
+    assert_eq!(s.verdict(), None, "nothing while pending");
+    let ans = answer(200, b"cached");
+    let ct: &[u8] = b"application/x-protobuf";
+    let mut h = status_headers("200");
+    h.push((b"content-type", ct));
+    f.on_http_callout_done(&mut s, 101, CalloutResult::Success, &h, &[&ans]);
+    assert_eq!(s.verdict(), Some("hit"));
+    assert_eq!(s.metadata.len(), 1);
+    // A miss.
+    let mut s = request("GET", "/items", &[]);
+    let mut f = filter(&c, &mut s);
+    f.on_request_headers(&mut s, true);
+    f.on_http_callout_done(
+        &mut s,
+        101,
+        CalloutResult::Success,
+        &status_headers("404"),
+        &[],
+    );
+    assert_eq!(s.verdict(), Some("miss"));
+    // A bypass, at the request headers.
+    let mut s = request("CONNECT", "/", &[]);
+    let mut f = filter(&c, &mut s);
+    f.on_request_headers(&mut s, true);
+    assert_eq!(s.verdict(), Some("bypass:upgrade"));
+}
+
+fn wait_for_commits(s: &MockStream, n: u64, within: std::time::Duration) -> u64 {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let got = s.commits.0.load(Ordering::Relaxed);
+        if got >= n || std::time::Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_watchdog_releases_a_request_whose_body_never_completes() {
+    let (envoy, c) = config(
+        r#"{"backend": {"cluster": "softprobe_backend", "authority": "backend.local", "lookup_timeout_ms": 1}, "request_mode": "hold_headers"}"#,
+    );
+    let mut s = request("POST", "/slow", &[]);
+    let mut f = filter(&c, &mut s);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        f.on_request_headers(&mut s, false),
+        HeadersStatus::StopIteration
+    );
+    s.frame = vec![b"{\"partial\":".to_vec()];
+    assert_eq!(
+        f.on_request_body(&mut s, false),
+        BodyStatus::StopIterationAndBuffer
+    );
+    assert_eq!(c.watched_streams(), 1);
+    // Before the limit a scheduled event (e.g. a late one) changes nothing.
+    f.on_scheduled(&mut s, 1);
+    assert_eq!(s.continued, 0);
+    assert_eq!(c.watched_streams(), 1, "re-armed");
+    // The helper thread wakes the stream after lookup timeout + margin.
+    assert_eq!(
+        wait_for_commits(&s, 1, std::time::Duration::from_secs(5)),
+        1
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1 + HOLD_MARGIN_MS));
+    assert_eq!(c.watched_streams(), 0, "the entry goes with the commit");
+    f.on_scheduled(&mut s, 1);
+    assert_eq!(s.continued, 1, "released");
+    assert_eq!(s.callouts.len(), 0, "no lookup was ever made");
+    assert_eq!(envoy.counter(Counter::LookupErrorTimeout), 1);
+    assert_eq!(s.verdict(), Some("error:timeout"));
+    // Nothing more happens to it.
+    f.on_scheduled(&mut s, 1);
+    assert_eq!(s.continued, 1);
+    assert_eq!(c.watched_streams(), 0);
+}
+
+#[test]
+fn progress_and_release_stop_the_watchdog() {
+    let (_envoy, c) = config(
+        r#"{"backend": {"cluster": "softprobe_backend", "authority": "backend.local"}, "request_mode": "hold_headers"}"#,
+    );
+    let mut s = request("POST", "/items", &[]);
+    let mut f = filter(&c, &mut s);
+    f.on_request_headers(&mut s, false);
+    assert_eq!(c.watched_streams(), 1);
+    s.frame = vec![b"{}".to_vec()];
+    f.on_request_body(&mut s, true);
+    assert_eq!(c.watched_streams(), 1, "held for the lookup");
+    f.on_http_callout_done(
+        &mut s,
+        101,
+        CalloutResult::Success,
+        &status_headers("404"),
+        &[],
+    );
+    assert_eq!(s.continued, 1);
+    assert_eq!(c.watched_streams(), 0, "released");
+    // A stream that goes away while held leaves nothing behind.
+    let mut s = request("POST", "/items", &[]);
+    let mut f = filter(&c, &mut s);
+    f.on_request_headers(&mut s, false);
+    assert_eq!(c.watched_streams(), 1);
+    drop(f);
+    assert_eq!(c.watched_streams(), 0);
+}
+
+#[test]
+fn strict_mode_serves_its_502_when_the_watchdog_fires() {
+    let (_envoy, c) = config(
+        r#"{"backend": {"cluster": "softprobe_backend", "authority": "backend.local", "lookup_timeout_ms": 1}, "on_backend_error": "fail"}"#,
+    );
+    let mut s = request("POST", "/slow", &[]);
+    let mut f = filter(&c, &mut s);
+    f.on_request_headers(&mut s, false);
+    s.frame = vec![b"x".to_vec()];
+    f.on_request_body(&mut s, false);
+    assert_eq!(
+        wait_for_commits(&s, 1, std::time::Duration::from_secs(5)),
+        1
+    );
+    f.on_scheduled(&mut s, 1);
+    assert_eq!(s.sent.len(), 1);
+    assert_eq!(s.sent[0].0, 502);
+    assert_eq!(s.continued, 0);
+    assert_eq!(s.verdict(), Some("error:timeout"));
 }
