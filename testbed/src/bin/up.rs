@@ -1,6 +1,6 @@
 //! `up` (`make up`): the product on one machine. Starts the real backend, the demo upstream and
-//! Envoy with the wasm plugin (`hold_headers`), prints how to try it, then one line per request
-//! until Ctrl-C or SIGTERM, and stops everything.
+//! Envoy with the wasm plugin (`hold_headers`; or the sidecar, or the native module: `UP_SHAPE`),
+//! prints how to try it, then one line per request until Ctrl-C or SIGTERM, and stops everything.
 //!
 //! Environment:
 //! * `UPSTREAM=host:port` — route the listener there instead of starting the demo upstream.
@@ -9,6 +9,10 @@
 //! * `BACKEND_BIN=<file>` — the backend binary (default: `backend` next to this binary).
 //! * `UP_SHAPE=sidecar` — Envoy with `ext_proc` and the `filter-sidecar` process instead of the
 //!   wasm plugin (`FILTER_SIDECAR_BIN=<file>`, default: `filter-sidecar` next to this binary).
+//! * `UP_SHAPE=native` — Envoy with the dynamic module (`filter-native`, `hold_headers`) instead
+//!   of the wasm plugin; Envoy gets `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`. The module is built
+//!   with `cargo build -p filter-native` into `<target>/testbed-native`, or taken from
+//!   `TRANSPARENT_CACHE_NATIVE_DIR=<folder holding libtransparent_cache.so>`.
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -16,7 +20,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use testbed::shape::{AccessLog, BACKEND_CLUSTER, VERDICT_LOG_FORMAT};
+use testbed::shape::{AccessLog, BACKEND_CLUSTER};
 use testbed::{Envoy, Layout, Proc, Shape, Site};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -27,6 +31,8 @@ const DEMO_UPSTREAM: &str = "127.0.0.1:8080";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the plugin's Envoy counters start with.
 const STAT_FILTER: &str = "wasmcustom.transparent_cache";
+/// What the native module's Envoy counters start with (its `metrics_namespace`).
+const NATIVE_STAT_FILTER: &str = "transparent_cache.";
 
 fn repo_root() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -121,12 +127,17 @@ async fn main() -> Result<()> {
     let shape = match std::env::var("UP_SHAPE").unwrap_or_default().trim() {
         "" | "wasm" => Shape::Wasm { hold_headers: true },
         "sidecar" => Shape::Sidecar,
-        other => bail!("UP_SHAPE={other:?}: expected `wasm` (default) or `sidecar`"),
+        "native" => Shape::Native { hold_headers: true },
+        other => bail!("UP_SHAPE={other:?}: expected `wasm` (default), `sidecar` or `native`"),
     };
     let wasm = match shape {
-        Shape::Sidecar => None,
-        _ => Some(tokio::task::spawn_blocking(testbed::plugin::wasm_artifact).await??),
+        Shape::Wasm { .. } => {
+            Some(tokio::task::spawn_blocking(testbed::plugin::wasm_artifact).await??)
+        }
+        _ => None,
     };
+    // The native module's search path (building the module the first time).
+    let envoy_env = tokio::task::spawn_blocking(move || shape.envoy_env()).await??;
     let run_dir = tempfile::Builder::new()
         .prefix("transparent-cache-up-")
         .tempdir()?;
@@ -187,14 +198,14 @@ async fn main() -> Result<()> {
         }],
         access_log: Some(AccessLog {
             path: access_log.clone(),
-            format: VERDICT_LOG_FORMAT.to_string(),
+            format: shape.verdict_log_format().to_string(),
         }),
     };
     if let Some(wasm) = &wasm {
         std::env::set_var("TRANSPARENT_CACHE_WASM", wasm);
     }
     let yaml = shape.envoy_yaml(&layout)?;
-    let envoy = Envoy::start(&yaml).await?;
+    let envoy = Envoy::start_with_env(&yaml, &[], &envoy_env).await?;
 
     println!(
         "transparent-cache is up: Envoy {listener} -> upstream {upstream}, backend {BACKEND} (data {}), admin 127.0.0.1:{ADMIN_PORT}",
@@ -213,7 +224,13 @@ async fn main() -> Result<()> {
             s.metrics_addr(),
             s.grpc_addr()
         ),
-        None => println!("  curl -s 127.0.0.1:{ADMIN_PORT}/stats | grep {STAT_FILTER}"),
+        None => println!(
+            "  curl -s 127.0.0.1:{ADMIN_PORT}/stats | grep {}",
+            match shape {
+                Shape::Native { .. } => NATIVE_STAT_FILTER,
+                _ => STAT_FILTER,
+            }
+        ),
     }
     println!("(Ctrl-C stops everything)");
 
