@@ -102,6 +102,10 @@ pub struct RequestView<'a> {
     /// Every request header as received, pseudo-headers included.
     pub headers: &'a [Header],
     pub body: &'a [u8],
+    /// The standard base64 of a non-UTF-8 body, when the caller already has it: written as is (no
+    /// second encoding), and `body` is then ignored. The engine sets it for a request body that
+    /// goes into both the inject and the extract span.
+    pub body_base64: Option<&'a str>,
 }
 
 /// The response side of an exchange.
@@ -159,19 +163,35 @@ fn push_headers<'a>(
     }
 }
 
-fn push_body<'a>(attr: &'static str, body: &'a [u8], out: &mut Vec<Attr<'a>>) {
-    if body.is_empty() {
-        return;
-    }
+fn push_body<'a>(
+    attr: &'static str,
+    body: &'a [u8],
+    base64: Option<&'a str>,
+    out: &mut Vec<Attr<'a>>,
+) {
+    let value = match base64 {
+        Some("") => return,
+        // Already encoded by the caller: written as is.
+        Some(b64) => Val::Str(Cow::Borrowed(b64)),
+        None if body.is_empty() => return,
+        None => match std::str::from_utf8(body) {
+            Ok(s) => return out.push(Attr::new(attr, Val::Str(Cow::Borrowed(s)))),
+            Err(_) => Val::Base64(body),
+        },
+    };
+    out.push(Attr::new(attr, value));
+    out.push(Attr::new(
+        format!("{attr}{ENCODING_SUFFIX}"),
+        Val::Str(Cow::Borrowed("base64")),
+    ));
+}
+
+/// The standard base64 of `body` when it is not UTF-8 (so a span carries it as base64), else
+/// `None`.
+pub fn body_base64(body: &[u8]) -> Option<String> {
     match std::str::from_utf8(body) {
-        Ok(s) => out.push(Attr::new(attr, Val::Str(Cow::Borrowed(s)))),
-        Err(_) => {
-            out.push(Attr::new(attr, Val::Base64(body)));
-            out.push(Attr::new(
-                format!("{attr}{ENCODING_SUFFIX}"),
-                Val::Str(Cow::Borrowed("base64")),
-            ));
-        }
+        Ok(_) => None,
+        Err(_) => Some(base64::engine::general_purpose::STANDARD.encode(body)),
     }
 }
 
@@ -206,14 +226,14 @@ fn request_attrs<'a>(
         false,
         &mut attrs,
     );
-    push_body(REQUEST_BODY, req.body, &mut attrs);
+    push_body(REQUEST_BODY, req.body, req.body_base64, &mut attrs);
     attrs
 }
 
 fn push_response<'a>(resp: &ResponseView<'a>, redactor: &Redactor, attrs: &mut Vec<Attr<'a>>) {
     attrs.push(Attr::new(RESPONSE_STATUS, Val::Int(i64::from(resp.status))));
     push_headers(RESPONSE_HEADER_PREFIX, resp.headers, redactor, true, attrs);
-    push_body(RESPONSE_BODY, resp.body, attrs);
+    push_body(RESPONSE_BODY, resp.body, None, attrs);
 }
 
 fn traces<'a>(meta: &SpanMeta<'a>, name: &'a str, attributes: Vec<Attr<'a>>) -> Vec<u8> {

@@ -77,6 +77,7 @@ fn extract(req_body: &[u8], resp_body: &[u8]) -> (usize, Vec<u8>) {
         path: b"/upload",
         headers: &headers,
         body: req_body,
+        body_base64: None,
     };
     let resp = ResponseView {
         status: 200,

@@ -259,6 +259,9 @@ pub struct Stream {
     session_id: Option<Vec<u8>>,
     trace: SpanIds,
     body: Vec<u8>,
+    /// After the lookup of a request to be recorded whose body is not UTF-8: the body's base64,
+    /// which goes into both spans, so it is encoded once and `body` is dropped.
+    body_base64: Option<String>,
     start_unix_nanos: u64,
     status: u16,
     response_headers: Vec<Header>,
@@ -293,6 +296,7 @@ impl Stream {
             session_id: None,
             trace: SpanIds::default(),
             body: Vec::new(),
+            body_base64: None,
             start_unix_nanos: 0,
             status: 0,
             response_headers: Vec::new(),
@@ -360,6 +364,7 @@ impl Stream {
         }
         self.state = State::PassThrough;
         self.body = Vec::new();
+        self.body_base64 = None;
         self.response_body = Vec::new();
         Decision::PassThrough(why)
     }
@@ -478,6 +483,7 @@ impl Stream {
             path: &self.path,
             headers: &self.headers,
             body: &self.body,
+            body_base64: self.body_base64.as_deref(),
         }
     }
 
@@ -503,6 +509,15 @@ impl Stream {
     fn lookup(&mut self) -> Decision {
         self.state = State::AwaitingLookup;
         self.engine.count(Counter::Lookups);
+        // A binary body that will also be recorded goes into two spans as base64: encode it once
+        // here rather than in each span (base64 is most of the engine's work on a miss), and hold
+        // only the encoding from now on.
+        if self.record {
+            if let Some(b64) = codec::body_base64(&self.body) {
+                self.body = Vec::new();
+                self.body_base64 = Some(b64);
+            }
+        }
         let ids = self.span_ids();
         let now = self.engine.now();
         let body = codec::encode_inject(&self.meta(&ids, now), &self.request_view());
@@ -535,6 +550,7 @@ impl Stream {
                     self.outcome = Outcome::Hit;
                     self.state = State::Done;
                     self.body = Vec::new();
+                    self.body_base64 = None;
                     if self.method == b"HEAD" {
                         response.body = Vec::new();
                     }
@@ -553,6 +569,7 @@ impl Stream {
         self.outcome = Outcome::Error(failure);
         self.state = State::Done;
         self.body = Vec::new();
+        self.body_base64 = None;
         match self.config().on_backend_error {
             OnBackendError::PassThrough => Decision::Resume,
             OnBackendError::Fail => Decision::Serve(Response {
@@ -631,6 +648,7 @@ impl Stream {
         };
         let body = codec::encode_extract(&self.meta(&ids, now), &self.request_view(), &response);
         self.body = Vec::new();
+        self.body_base64 = None;
         self.response_body = Vec::new();
         let b = &self.config().backend;
         Decision::Record(

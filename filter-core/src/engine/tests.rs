@@ -419,3 +419,94 @@ fn strict_mode_answers_502_on_a_failed_lookup() {
     assert!(!resp.headers.iter().any(|(n, _)| n == "x-softprobe-cache"));
     assert_eq!(c.get(Counter::LookupErrorTimeout), 1);
 }
+
+fn binary_body(n: usize) -> Vec<u8> {
+    // 0x80..=0xff repeated: never UTF-8.
+    (0x80..=0xffu8).cycle().take(n).collect()
+}
+
+#[test]
+fn a_binary_request_body_is_encoded_once_and_both_spans_carry_its_exact_bytes() {
+    let body = binary_body(70_000);
+    let (mut s, _) = stream(r#"{"mode": "record_and_inject"}"#);
+    s.on_request_headers(request("POST", "/upload", &[]), false);
+    let inject = callout(s.on_request_body(&body, true));
+    // Held from the lookup on as its base64 only.
+    assert!(s.body.is_empty());
+    assert_eq!(
+        s.body_base64.as_ref().map(String::len),
+        Some(70_000usize.div_ceil(3) * 4)
+    );
+    assert_eq!(s.on_lookup_result(MISS), Decision::Resume);
+    s.on_response_headers(200, response(&[]), false);
+    let record = callout(s.on_response_body(b"ok", true));
+    assert!(s.body_base64.is_none(), "dropped once recorded");
+    for span_body in [inject.body, record.body] {
+        let traces = codec::decode_traces(&span_body, Format::Protobuf).unwrap();
+        let (rs, span) = traces.spans().next().unwrap();
+        let read = codec::read_span(rs, span).unwrap();
+        assert_eq!(read.request_body, body);
+    }
+}
+
+#[test]
+fn a_utf8_body_or_no_record_keeps_the_raw_body() {
+    let (mut s, _) = stream(r#"{"mode": "record_and_inject"}"#);
+    s.on_request_headers(request("POST", "/upload", &[]), false);
+    callout(s.on_request_body(b"{\"a\":1}", true));
+    assert_eq!(s.body, b"{\"a\":1}");
+    assert!(s.body_base64.is_none());
+
+    let (mut s, _) = stream(r#"{"mode": "inject_only"}"#);
+    s.on_request_headers(request("POST", "/upload", &[]), false);
+    callout(s.on_request_body(&binary_body(10), true));
+    assert!(
+        s.body_base64.is_none(),
+        "nothing will be recorded: no second span"
+    );
+}
+
+#[test]
+fn a_pre_encoded_request_body_writes_the_same_bytes_as_the_raw_body() {
+    let body = binary_body(1000);
+    let ids = SpanIds::default();
+    let redactor = codec::Redactor::default();
+    let meta = SpanMeta {
+        service_name: "svc",
+        direction: codec::Direction::Outbound,
+        session_id: None,
+        ids: &ids,
+        start_unix_nanos: 1,
+        end_unix_nanos: 2,
+        redactor: &redactor,
+    };
+    let headers = request("POST", "/upload", &[]);
+    let raw = RequestView {
+        method: b"POST",
+        authority: b"api.example.com",
+        path: b"/upload",
+        headers: &headers,
+        body: &body,
+        body_base64: None,
+    };
+    let b64 = codec::body_base64(&body).unwrap();
+    let pre = RequestView {
+        body: &[],
+        body_base64: Some(&b64),
+        ..raw
+    };
+    let resp = ResponseView {
+        status: 200,
+        headers: &[],
+        body: &body,
+    };
+    assert_eq!(
+        codec::encode_inject(&meta, &raw),
+        codec::encode_inject(&meta, &pre)
+    );
+    assert_eq!(
+        codec::encode_extract(&meta, &raw, &resp),
+        codec::encode_extract(&meta, &pre, &resp)
+    );
+    assert_eq!(codec::body_base64(b"text"), None);
+}
