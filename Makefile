@@ -47,6 +47,36 @@ test: wasm-target ## Every test: unit, property, golden (engine), backend, and e
 	TRANSPARENT_CACHE_NATIVE_DIR=$(TARGET_DIR)/debug \
 	TRANSPARENT_CACHE_WASM="$$wasm" \
 	$(CARGO) test --locked --workspace
+	$(MAKE) --no-print-directory bench-smoke
+
+# Benches (bench/README.md): the full runs write the tables and the plot into bench/README.md;
+# bench-smoke runs each for seconds with tiny counts and writes nothing (part of `make test`).
+.PHONY: bench bench-engine bench-envoy bench-load bench-smoke
+bench: bench-engine bench-envoy bench-load ## All three benches, full length (tens of minutes).
+
+bench-engine: wasm-target ## Criterion: one request's engine work natively, as wasm under wasmtime, and the copy+base64 floor.
+	$(CARGO) bench --locked -p bench --bench engine
+
+bench-envoy: wasm-target ## Criterion: sequential latency through real Envoy per host versus no filter; draws the plot.
+	@scripts/ensure-envoy.sh >/dev/null
+	$(CARGO) bench --locked -p bench --bench envoy
+
+bench-load: wasm-target ## Load through real Envoy per host versus no filter: req/s, p50/p99, CPU, RSS (BENCH_LOAD_ARGS=--help).
+	@scripts/ensure-envoy.sh >/dev/null
+	$(CARGO) run --locked --profile bench -p bench --bin load -- $(BENCH_LOAD_ARGS)
+
+bench-smoke: wasm-target ## Every bench for seconds with tiny counts, debug build, nothing written.
+	$(CARGO) build --locked --workspace
+	$(CARGO) build --locked --target $(WASM_TARGET) --profile wasm-release -p bench-guest
+	@scripts/ensure-envoy.sh >/dev/null
+	wasm="$$(scripts/build-wasm.sh --quiet --locked)"; \
+	export BENCH_SMOKE=1 \
+	BENCH_GUEST_WASM=$(TARGET_DIR)/$(WASM_TARGET)/wasm-release/bench_guest.wasm \
+	FILTER_SIDECAR_BIN=$(TARGET_DIR)/debug/filter-sidecar \
+	TRANSPARENT_CACHE_NATIVE_DIR=$(TARGET_DIR)/debug \
+	TRANSPARENT_CACHE_WASM="$$wasm"; \
+	$(CARGO) bench --locked --profile dev -p bench --bench engine --bench envoy; \
+	$(CARGO) run --locked --profile dev -p bench --bin load
 
 fmt: ## Format the code.
 	$(CARGO) fmt --all

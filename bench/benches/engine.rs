@@ -8,6 +8,7 @@
 //!
 //! Bodies are binary, so every body in a span is base64. Floor: miss = 2 copies + 3 base64
 //! encodings of the body (the request goes into both spans); hit = 2 copies + 1 encoding.
+//! malloc is set to keep freed memory as Envoy's tcmalloc does ([`bench::keep_freed_memory`]).
 
 use base64::Engine as _;
 use bench::guest::WasmSession;
@@ -71,6 +72,7 @@ fn wasm(s: &mut WasmSession, path: Path, req: &[u8], answer: &[u8], resp: &[u8])
 const FUNCTIONS: [&str; 3] = ["native", "wasm", "floor"];
 
 fn main() -> anyhow::Result<()> {
+    bench::keep_freed_memory();
     let smoke = bench::smoke();
     let mut c = Criterion::default()
         .output_directory(&report::criterion_dir()?)

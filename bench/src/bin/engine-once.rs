@@ -5,6 +5,7 @@
 use bench_guest::{body, hit_answer, Session};
 
 fn main() {
+    bench::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).map_or("miss", String::as_str);
     let size: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(65536);
