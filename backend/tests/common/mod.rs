@@ -127,6 +127,10 @@ impl Drop for Server {
 }
 
 pub fn client() -> reqwest::Client {
+    // These tests speak plain HTTP, but when the whole workspace is built together Cargo unifies
+    // reqwest's features with filter-sidecar's (rustls without a built-in crypto provider), and such
+    // a reqwest refuses to build a client until a process-wide provider is installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
