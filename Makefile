@@ -17,11 +17,13 @@ wasm-target:
 wasm: wasm-target ## Build the proxy-wasm plugin (size-tuned) and print its path, size and sha256.
 	@scripts/build-wasm.sh
 
-up: wasm-target ## Run it all on this machine: backend :4318, demo upstream :8080, Envoy + plugin :15001 (UPSTREAM=host:port to use another upstream; UP_SHAPE=sidecar for the ext_proc sidecar instead of the plugin).
+up: wasm-target ## Run it all on this machine: backend :4318, demo upstream :8080, Envoy + plugin :15001 (UPSTREAM=host:port to use another upstream; UP_SHAPE=native for the dynamic module, UP_SHAPE=sidecar for the ext_proc sidecar, instead of the wasm plugin).
 	$(CARGO) build --locked -q -p backend -p testbed $(if $(filter sidecar,$(UP_SHAPE)),-p filter-sidecar) --bins
 	@scripts/ensure-envoy.sh >/dev/null
 ifeq ($(UP_SHAPE),sidecar)
 	@UP_SHAPE=sidecar exec $(CARGO) run --locked -q -p testbed --bin up
+else ifeq ($(UP_SHAPE),native)
+	@UP_SHAPE=native exec $(CARGO) run --locked -q -p testbed --bin up
 else
 	@TRANSPARENT_CACHE_WASM="$$(scripts/build-wasm.sh --quiet --locked -q)" exec $(CARGO) run --locked -q -p testbed --bin up
 endif
