@@ -209,3 +209,52 @@ pub fn check(
     }
     Ok(())
 }
+
+/// Builds the native module and the sidecar with optimizations (`--profile bench`) into
+/// `<target>/bench-hosts` and points the testbed at them (`TRANSPARENT_CACHE_NATIVE_DIR`,
+/// `FILTER_SIDECAR_BIN`), unless those are set already. The testbed's own builds are debug
+/// builds, fine for tests but not for numbers set against the optimized wasm plugin. Call before
+/// any thread starts.
+pub fn prepare_optimized_hosts() -> Result<()> {
+    use anyhow::Context as _;
+    let native_set = std::env::var_os("TRANSPARENT_CACHE_NATIVE_DIR").is_some();
+    let sidecar_set = std::env::var_os("FILTER_SIDECAR_BIN").is_some();
+    if native_set && sidecar_set {
+        return Ok(());
+    }
+    let target = crate::target_dir()?.join("bench-hosts");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building filter-native and filter-sidecar (--profile bench) for the benches");
+    let out = std::process::Command::new(cargo)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(crate::repo_root().join("Cargo.toml"))
+        .args([
+            "--quiet",
+            "--profile",
+            "bench",
+            "-p",
+            "filter-native",
+            "-p",
+            "filter-sidecar",
+        ])
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .context("run cargo build -p filter-native -p filter-sidecar")?;
+    if !out.status.success() {
+        bail!(
+            "building the native and sidecar hosts failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // `--profile bench` writes to `release/`.
+    let dir = target.join("release");
+    if !native_set {
+        std::env::set_var("TRANSPARENT_CACHE_NATIVE_DIR", &dir);
+    }
+    if !sidecar_set {
+        std::env::set_var("FILTER_SIDECAR_BIN", dir.join("filter-sidecar"));
+    }
+    Ok(())
+}

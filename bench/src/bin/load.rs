@@ -78,7 +78,14 @@ impl Ctx {
         Duration::from_secs_f64(self.args.warmup)
     }
 
-    async fn sample(&self, host: Host, config: &Json, path: Path, size: usize) -> Result<Sample> {
+    /// One run; `Ok(None)` (with the reason logged) when the first request does not take `path`.
+    async fn sample(
+        &self,
+        host: Host,
+        config: &Json,
+        path: Path,
+        size: usize,
+    ) -> Result<Option<Sample>> {
         self.servers.set(path, size);
         let mut running = start(host, &self.servers, config)
             .await
@@ -89,7 +96,8 @@ impl Ctx {
         let mut conn = RawConnection::connect(running.addr()).await?;
         let first = conn.round_trip(&req).await?;
         if let Err(e) = check(host, path, size, &first) {
-            bail!("{e:#}\n{}", running.log_tail());
+            eprintln!("skipped {} {} {size}: {e:#}", host.key(), path.name());
+            return Ok(None);
         }
         drop(conn);
         let addr = running.addr();
@@ -120,7 +128,7 @@ impl Ctx {
         let sc_hwm = sidecar.map(|p| status_kib(p, "VmHWM")).transpose()?;
         drop(running);
         let per_1k = |cpu: f64| cpu / run.requests as f64 * 1000.0;
-        Ok(Sample {
+        Ok(Some(Sample {
             run,
             cpu_per_1k: per_1k(cpu1 - cpu0),
             envoy_hwm_kib: hwm,
@@ -129,7 +137,7 @@ impl Ctx {
                 _ => f64::NAN,
             },
             sidecar_hwm_kib: sc_hwm.map_or(f64::NAN, |k| k as f64),
-        })
+        }))
     }
 }
 
@@ -158,7 +166,9 @@ async fn load_table(ctx: &Ctx, hosts: &[Host]) -> Result<String> {
             for r in 0..a.repeat {
                 // Hosts interleaved inside each repetition, so drift hits them all alike.
                 for (i, &h) in hosts.iter().enumerate() {
-                    let s = ctx.sample(h, &config, path, size).await?;
+                    let Some(s) = ctx.sample(h, &config, path, size).await? else {
+                        continue;
+                    };
                     eprintln!(
                         "load {} {} {} #{}: {:.0} req/s p50 {:.0} µs p99 {:.0} µs cpu/1k {:.3} s hwm {:.0} KiB sidecar cpu/1k {:.3} s hwm {:.0} KiB errors {}",
                         path.name(), size_name(size), h.key(), r + 1, s.run.rps, s.run.p50_us,
@@ -180,6 +190,16 @@ async fn load_table(ctx: &Ctx, hosts: &[Host]) -> Result<String> {
             ];
             let base: Vec<f64> = metrics.iter().map(|f| med(0, *f)).collect();
             for (i, h) in hosts.iter().enumerate() {
+                if samples[i].is_empty() {
+                    let _ = writeln!(
+                        t,
+                        "| {} | {} | {} | not measured: the first request did not take this path | | | | | | | |",
+                        path.name(),
+                        size_name(size),
+                        h.key()
+                    );
+                    continue;
+                }
                 let m: Vec<f64> = metrics.iter().map(|f| med(i, *f)).collect();
                 let cell = |k: usize, text: String| {
                     if i == 0 {
@@ -242,9 +262,12 @@ async fn record_table(ctx: &Ctx, hosts: &[Host]) -> Result<String> {
                     ("inject_only", &mut off, &mut rec_off),
                 ] {
                     let before = ctx.servers.seen().records;
-                    let s = ctx
+                    let Some(s) = ctx
                         .sample(h, &filter_config(mode), Path::Miss, size)
-                        .await?;
+                        .await?
+                    else {
+                        bail!("{} {mode}: the miss path is not taken", h.key());
+                    };
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     *rec += ctx.servers.seen().records - before;
                     eprintln!(
@@ -352,9 +375,17 @@ async fn memory_table(ctx: &Ctx, hosts: &[Host]) -> Result<String> {
     Ok(t)
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<()> {
-    let mut args = Args::parse();
+fn main() -> Result<()> {
+    let args = Args::parse();
+    // Before the runtime starts a thread: it sets environment variables.
+    bench::hosts::prepare_optimized_hosts()?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(mut args: Args) -> Result<()> {
     args.smoke |= bench::smoke();
     if args.smoke {
         args.seconds = 0.3;
