@@ -1,9 +1,9 @@
 //! Finding the testbed's own binaries (`demo-upstream`, `fake-backend`) from
 //! any test, building them with cargo when they are not there yet.
 
-use anyhow::{bail, Context, Result};
+use crate::artifact::{cargo_build, target_and_profile};
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
@@ -57,51 +57,13 @@ pub fn build_bins() -> Result<PathBuf> {
     Ok(private.join(profile))
 }
 
-/// `(target dir, profile dir name)` from the current executable, which cargo
-/// places at `<target>/<profile>/deps/<test>-<hash>` or `<target>/<profile>/<bin>`.
-fn target_and_profile() -> Result<(PathBuf, String)> {
-    let exe = std::env::current_exe().context("current_exe")?;
-    let mut dir = exe.parent().context("exe has no parent")?.to_path_buf();
-    if dir
-        .file_name()
-        .is_some_and(|n| n == "deps" || n == "examples")
-    {
-        dir.pop();
-    }
-    let profile = dir
-        .file_name()
-        .context("no profile dir")?
-        .to_string_lossy()
-        .into_owned();
-    let target = dir.parent().context("no target dir")?.to_path_buf();
-    Ok((target, profile))
-}
-
 fn build(target_dir: &Path, profile: &str) -> Result<()> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .args(["-p", "testbed", "--bins", "--quiet", "--target-dir"])
-        .arg(target_dir);
+    let mut args = vec!["-p", "testbed", "--bins"];
     match profile {
         "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        other => {
-            cmd.args(["--profile", other]);
-        }
+        "release" => args.push("--release"),
+        other => args.extend(["--profile", other]),
     }
-    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    cargo_build(&manifest, &args, target_dir)
 }

@@ -1,5 +1,6 @@
 //! The real Envoy: locating the pinned binary and running it for a test.
 
+use crate::artifact::{script_file, Artifact};
 use crate::proc::{test_dir, Proc};
 use crate::raw::{send, RawRequest};
 use anyhow::{anyhow, bail, Context, Result};
@@ -8,7 +9,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// How long Envoy may take to become ready.
@@ -16,43 +16,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timeout of one admin call.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-static BINARY: Mutex<Option<PathBuf>> = Mutex::new(None);
+static BINARY: Artifact = Artifact::new("ENVOY_BIN");
 static NEXT_BASE_ID: AtomicU32 = AtomicU32::new(1);
 
 /// Path of the pinned Envoy binary: `ENVOY_BIN` if set, else what
 /// `scripts/ensure-envoy.sh` prints (it installs the version from
 /// `.envoy-version` into the cache folder when missing). Cached per process.
 pub fn binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("ENVOY_BIN") {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            bail!("ENVOY_BIN={} does not exist", p.display());
-        }
-        return Ok(p);
-    }
-    let mut cached = BINARY.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = cached.as_ref() {
-        return Ok(p.clone());
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-envoy.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .with_context(|| format!("run {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed ({}):\n{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if !path.is_file() {
-        bail!("ensure-envoy.sh printed {path:?}, which is not a file");
-    }
-    *cached = Some(path.clone());
-    Ok(path)
+    BINARY.file(|| script_file("ensure-envoy.sh", &[], &[]))
 }
 
 /// A base id unique among this process's Envoys and unlikely to collide with

@@ -6,6 +6,7 @@
 //! process group) on drop, and binds ephemeral ports, so tests can run in
 //! parallel. The API is async (tokio).
 
+mod artifact;
 pub mod bins;
 pub mod demo_upstream;
 pub mod envoy;
