@@ -1,13 +1,16 @@
 //! Starting one of the testbed's own server binaries and talking to its
 //! control listener.
 
+use crate::http1::server::{serve, Handler};
 use crate::proc::{test_dir, Proc};
 use crate::raw::{Body, RawRequest, RawResponse};
 use anyhow::{anyhow, bail, Context, Result};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 
 /// How long a testbed binary may take to print its READY line.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -25,7 +28,8 @@ pub struct Service {
     _dir: tempfile::TempDir,
 }
 
-fn field(line: &str, key: &str) -> Result<SocketAddr> {
+/// The address after `key` (e.g. `proxied=`) in a process's `READY` line.
+pub(crate) fn ready_addr(line: &str, key: &str) -> Result<SocketAddr> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key))
         .ok_or_else(|| anyhow!("no {key} in READY line {line:?}"))?
@@ -42,8 +46,8 @@ impl Service {
         cmd.args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"]);
         let mut proc = Proc::spawn(name, cmd, dir.path())?;
         let line = proc.wait_for_log_line("READY ", START_TIMEOUT).await?;
-        let addr = field(&line, "proxied=")?;
-        let control = field(&line, "control=")?;
+        let addr = ready_addr(&line, "proxied=")?;
+        let control = ready_addr(&line, "control=")?;
         Ok(Service {
             proc,
             addr,
@@ -96,4 +100,31 @@ impl Service {
         self.call("DELETE", path, None).await?;
         Ok(())
     }
+}
+
+/// The server side of a testbed binary: binds both listeners, prints `READY proxied=<addr>
+/// control=<addr>` (control omitted when not requested) and serves until the process ends.
+pub(crate) async fn run<P: Handler, C: Handler>(
+    listen: SocketAddr,
+    control: Option<SocketAddr>,
+    proxied_handler: P,
+    control_handler: C,
+) -> Result<()> {
+    let proxied = TcpListener::bind(listen).await?;
+    let mut line = format!("READY proxied={}", proxied.local_addr()?);
+    let control = match control {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await?;
+            line.push_str(&format!(" control={}", l.local_addr()?));
+            Some(l)
+        }
+        None => None,
+    };
+    println!("{line}");
+    let p = tokio::spawn(serve(proxied, Arc::new(proxied_handler)));
+    if let Some(c) = control {
+        tokio::spawn(serve(c, Arc::new(control_handler)));
+    }
+    p.await??;
+    Ok(())
 }

@@ -3,11 +3,10 @@
 
 use super::model::{Echo, RecordedRequest, Script, Stats};
 use crate::header::HeaderField;
-use crate::http1::server::{serve, Handler, Request, Response};
+use crate::http1::server::{Handler, Request, Response};
 use base64::Engine as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::net::TcpListener;
 
 #[derive(Default)]
 struct Inner {
@@ -129,21 +128,5 @@ impl Handler for Control {
 /// omitted when not requested) and serves until the process ends.
 pub async fn run(listen: SocketAddr, control: Option<SocketAddr>) -> anyhow::Result<()> {
     let state = Arc::new(State::default());
-    let proxied = TcpListener::bind(listen).await?;
-    let mut line = format!("READY proxied={}", proxied.local_addr()?);
-    let control = match control {
-        Some(addr) => {
-            let l = TcpListener::bind(addr).await?;
-            line.push_str(&format!(" control={}", l.local_addr()?));
-            Some(l)
-        }
-        None => None,
-    };
-    println!("{line}");
-    let p = tokio::spawn(serve(proxied, Arc::new(Proxied(state.clone()))));
-    if let Some(c) = control {
-        tokio::spawn(serve(c, Arc::new(Control(state))));
-    }
-    p.await??;
-    Ok(())
+    crate::service::run(listen, control, Proxied(state.clone()), Control(state)).await
 }

@@ -3,11 +3,10 @@
 
 use super::model::{Behaviour, Received, UNDECODABLE_BODY};
 use crate::header::HeaderField;
-use crate::http1::server::{serve, Handler, Request, Response};
+use crate::http1::server::{Handler, Request, Response};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::net::TcpListener;
 
 struct Inner {
     inject: Behaviour,
@@ -153,21 +152,5 @@ impl Handler for Control {
 /// omitted when not requested) and serves until the process ends.
 pub async fn run(listen: SocketAddr, control: Option<SocketAddr>) -> anyhow::Result<()> {
     let state = Arc::new(State::new());
-    let backend = TcpListener::bind(listen).await?;
-    let mut line = format!("READY proxied={}", backend.local_addr()?);
-    let control = match control {
-        Some(addr) => {
-            let l = TcpListener::bind(addr).await?;
-            line.push_str(&format!(" control={}", l.local_addr()?));
-            Some(l)
-        }
-        None => None,
-    };
-    println!("{line}");
-    let b = tokio::spawn(serve(backend, Arc::new(Backend(state.clone()))));
-    if let Some(c) = control {
-        tokio::spawn(serve(c, Arc::new(Control(state))));
-    }
-    b.await??;
-    Ok(())
+    crate::service::run(listen, control, Backend(state.clone()), Control(state)).await
 }
