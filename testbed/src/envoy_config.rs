@@ -32,31 +32,57 @@ pub fn with_filters(
     http_filters: &[String],
     extra_clusters: &[String],
 ) -> String {
-    let mut filters = String::new();
-    for f in http_filters {
-        filters.push_str(&list_item(f, 10));
-    }
     let mut clusters = list_item(&cluster("upstream", upstream_addr), 2);
     for c in extra_clusters {
         clusters.push_str(&list_item(c, 2));
     }
+    bootstrap(
+        admin_port,
+        &listener("main", listener_port, "ingress_http", "", http_filters),
+        &clusters,
+    )
+}
+
+/// The bootstrap: admin on 127.0.0.1:`admin_port`, then `listeners` and `clusters` (YAML list
+/// items at 2 spaces, e.g. from [`listener`] and [`list_item`]).
+pub(crate) fn bootstrap(admin_port: u16, listeners: &str, clusters: &str) -> String {
     format!(
         r#"admin:
   address:
     socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
 static_resources:
   listeners:
-  - name: main
+{listeners}  clusters:
+{clusters}"#
+    )
+}
+
+/// A listener (a YAML list item at 2 spaces) on 127.0.0.1:`port` routing everything to cluster
+/// `upstream`, with `http_filters` before the router and `access_log` (the HTTP connection
+/// manager's `access_log` entry written at 10 spaces, or empty).
+pub(crate) fn listener(
+    name: &str,
+    port: u16,
+    stat_prefix: &str,
+    access_log: &str,
+    http_filters: &[String],
+) -> String {
+    let mut filters = String::new();
+    for f in http_filters {
+        filters.push_str(&list_item(f, 10));
+    }
+    format!(
+        r#"  - name: {name}
     address:
-      socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }}
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress_http
+          stat_prefix: {stat_prefix}
           codec_type: AUTO
-          route_config:
+{access_log}          route_config:
             name: local_route
             virtual_hosts:
             - name: all
@@ -68,17 +94,27 @@ static_resources:
 {filters}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-{clusters}"#
+"#
     )
 }
 
 /// A static HTTP/1.1 cluster snippet named `name` with one endpoint.
 pub fn cluster(name: &str, addr: SocketAddr) -> String {
+    static_cluster(name, addr, "1s", "http_protocol_options")
+}
+
+/// A static cluster snippet named `name` with one endpoint at `addr`; `protocol_options` is the
+/// `explicit_http_config` key (`http_protocol_options`, `http2_protocol_options`).
+pub(crate) fn static_cluster(
+    name: &str,
+    addr: SocketAddr,
+    connect_timeout: &str,
+    protocol_options: &str,
+) -> String {
     format!(
         r#"name: {name}
 type: STATIC
-connect_timeout: 1s
+connect_timeout: {connect_timeout}
 load_assignment:
   cluster_name: {name}
   endpoints:
@@ -90,7 +126,7 @@ typed_extension_protocol_options:
   envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
     "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
     explicit_http_config:
-      http_protocol_options: {{}}
+      {protocol_options}: {{}}
 "#,
         ip = addr.ip(),
         port = addr.port()
@@ -98,7 +134,7 @@ typed_extension_protocol_options:
 }
 
 /// Indents a column-0 YAML mapping as a list item at `indent` spaces.
-fn list_item(snippet: &str, indent: usize) -> String {
+pub(crate) fn list_item(snippet: &str, indent: usize) -> String {
     let pad = " ".repeat(indent);
     let mut out = String::new();
     for (i, line) in snippet.trim_end().lines().enumerate() {

@@ -9,10 +9,9 @@
 //! [`BACKEND_CLUSTER`], and [`REFUSED_CLUSTER`] (when [`Layout::refused`] is set) points at a port
 //! that refuses connections.
 
-use crate::envoy_config::cluster;
+use crate::envoy_config::{bootstrap, cluster, list_item, listener};
 use anyhow::Result;
 use serde_json::Value as Json;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -219,10 +218,7 @@ typed_config:
     pub fn envoy_yaml(&self, layout: &Layout) -> Result<String> {
         let mut listeners = String::new();
         for site in &layout.sites {
-            let mut filters = String::new();
-            if let Some(f) = self.http_filter(&site.plugin_config)? {
-                filters.push_str(&list_item(&f, 10));
-            }
+            let filters: Vec<String> = self.http_filter(&site.plugin_config)?.into_iter().collect();
             let access_log = match &layout.access_log {
                 None => String::new(),
                 Some(a) => format!(
@@ -239,34 +235,13 @@ typed_config:
                     format = serde_json::to_string(&a.format)?,
                 ),
             };
-            write!(
-                listeners,
-                r#"  - name: {name}
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-          codec_type: AUTO
-{access_log}          route_config:
-            name: local_route
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: upstream, timeout: 30s }}
-          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#,
-                name = site.name,
-                port = site.port,
-            )?;
+            listeners.push_str(&listener(
+                &site.name,
+                site.port,
+                &site.name,
+                &access_log,
+                &filters,
+            ));
         }
         let mut clusters = list_item(&cluster("upstream", layout.upstream), 2);
         clusters.push_str(&list_item(&cluster(BACKEND_CLUSTER, layout.backend), 2));
@@ -283,32 +258,8 @@ typed_config:
         if let Some(r) = layout.refused {
             clusters.push_str(&list_item(&cluster(REFUSED_CLUSTER, r), 2));
         }
-        Ok(format!(
-            r#"admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
-static_resources:
-  listeners:
-{listeners}  clusters:
-{clusters}"#,
-            admin = layout.admin_port,
-        ))
+        Ok(bootstrap(layout.admin_port, &listeners, &clusters))
     }
-}
-
-/// Indents a column-0 YAML mapping as a list item at `indent` spaces.
-fn list_item(snippet: &str, indent: usize) -> String {
-    let pad = " ".repeat(indent);
-    let mut out = String::new();
-    for (i, line) in snippet.trim_end().lines().enumerate() {
-        let marker = if i == 0 { "- " } else { "  " };
-        if line.trim().is_empty() {
-            out.push('\n');
-        } else {
-            let _ = writeln!(out, "{pad}{marker}{line}");
-        }
-    }
-    out
 }
 
 /// The plugin's counters from Envoy stats (`wasmcustom.transparent_cache.<name>`), by engine

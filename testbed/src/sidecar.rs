@@ -7,83 +7,38 @@
 //! line. [`Sidecar::kill`] and [`Sidecar::restart`] (same gRPC port, so Envoy's static cluster
 //! still points at it) exercise the fail-open path.
 
+use crate::artifact::{cargo_build, private_target_dir, workspace_manifest, Artifact};
 use crate::proc::{test_dir, Proc};
 use crate::raw::{send, RawRequest};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::service::ready_addr;
+use anyhow::{bail, Context, Result};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
-static BINARY: Mutex<Option<PathBuf>> = Mutex::new(None);
+static BINARY: Artifact = Artifact::new("FILTER_SIDECAR_BIN");
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Path of the `filter-sidecar` binary, building it the first time in this process.
 pub fn binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("FILTER_SIDECAR_BIN") {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            bail!("FILTER_SIDECAR_BIN={} does not exist", p.display());
-        }
-        return Ok(p);
-    }
-    let mut cached = BINARY.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = cached.as_ref() {
-        return Ok(p.clone());
-    }
-    let path = build(&private_target_dir()?)?;
-    *cached = Some(path.clone());
-    Ok(path)
-}
-
-fn private_target_dir() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("current_exe")?;
-    let mut dir = exe.parent().context("exe has no parent")?.to_path_buf();
-    if dir
-        .file_name()
-        .is_some_and(|n| n == "deps" || n == "examples")
-    {
-        dir.pop();
-    }
-    let target = dir.parent().context("no target dir")?;
-    Ok(target.join("testbed-sidecar"))
+    BINARY.file(|| build(&private_target_dir("testbed-sidecar")?))
 }
 
 /// `cargo build -p filter-sidecar` into `target_dir`; returns the binary.
 pub fn build(target_dir: &Path) -> Result<PathBuf> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .args(["-p", "filter-sidecar", "--bin", "filter-sidecar", "--quiet"])
-        .arg("--target-dir")
-        .arg(target_dir);
-    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    cargo_build(
+        &workspace_manifest(),
+        &["-p", "filter-sidecar", "--bin", "filter-sidecar"],
+        target_dir,
+    )?;
     let path = target_dir.join("debug").join("filter-sidecar");
     if !path.is_file() {
         bail!("cargo build succeeded but {} is missing", path.display());
     }
     Ok(path)
-}
-
-fn field(line: &str, key: &str) -> Result<SocketAddr> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .ok_or_else(|| anyhow!("no {key} in READY line {line:?}"))?
-        .parse()
-        .with_context(|| format!("bad address in READY line {line:?}"))
 }
 
 /// A running `filter-sidecar` (killed on drop).
@@ -132,8 +87,8 @@ impl Sidecar {
         let name = format!("filter-sidecar-{}", self.starts);
         let mut proc = Proc::spawn(&name, cmd, self.dir.path())?;
         let line = proc.wait_for_log_line("READY ", START_TIMEOUT).await?;
-        self.grpc = field(&line, "grpc=")?;
-        self.metrics = field(&line, "metrics=")?;
+        self.grpc = ready_addr(&line, "grpc=")?;
+        self.metrics = ready_addr(&line, "metrics=")?;
         self.proc = Some(proc);
         Ok(())
     }
@@ -246,26 +201,11 @@ pub fn cluster_name(addr: SocketAddr) -> String {
 
 /// A static HTTP/2 (gRPC) cluster snippet for a sidecar at `addr`.
 pub fn cluster(addr: SocketAddr) -> String {
-    let name = cluster_name(addr);
-    format!(
-        r#"name: {name}
-type: STATIC
-connect_timeout: 0.25s
-load_assignment:
-  cluster_name: {name}
-  endpoints:
-  - lb_endpoints:
-    - endpoint:
-        address:
-          socket_address: {{ address: {ip}, port_value: {port} }}
-typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config:
-      http2_protocol_options: {{}}
-"#,
-        ip = addr.ip(),
-        port = addr.port()
+    crate::envoy_config::static_cluster(
+        &cluster_name(addr),
+        addr,
+        "0.25s",
+        "http2_protocol_options",
     )
 }
 
