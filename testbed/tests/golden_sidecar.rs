@@ -7,258 +7,18 @@
 //! after the other (they share the demo upstream and the fake backend; counters come from each
 //! sidecar's `/metrics`).
 
+#[path = "support/golden.rs"]
+mod support;
+
 use anyhow::{bail, Context, Result};
-use filter_core::golden::{self, Backend, Case, Observed, UpstreamSaw};
+use filter_core::golden::{self, Backend};
 use serde_json::Value as Json;
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use testbed::demo_upstream::model::Script;
+use support::{base_config, Rig, RECORD_DEADLINE, T};
 use testbed::fake_backend::model::Behaviour;
 use testbed::raw::{self, Body, RawRequest};
-use testbed::shape::REFUSED_CLUSTER;
-use testbed::sidecar::Sidecar;
-use testbed::{closed_port, DemoUpstream, Envoy, FakeBackend, HeaderField, Layout, Shape, Site};
-
-const T: Duration = Duration::from_secs(15);
-/// How long to wait for a record that must not come.
-const NO_RECORD_GRACE: Duration = Duration::from_millis(150);
-/// How long a record may take to reach the backend.
-const RECORD_DEADLINE: Duration = Duration::from_secs(5);
-
-fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../golden")
-}
-
-fn base_config() -> Json {
-    let text = std::fs::read(golden_dir().join("base-config.json")).expect("base-config.json");
-    serde_json::from_slice(&text).expect("base-config.json is JSON")
-}
-
-/// The plugin configuration a case runs with.
-fn case_config(case: &Case, base: &Json) -> Json {
-    let mut c = golden::case_config(case, base);
-    if matches!(case.backend, Backend::Refused) {
-        golden::merge(
-            &mut c,
-            &serde_json::json!({"backend": {"cluster": REFUSED_CLUSTER}}),
-        );
-    }
-    c
-}
-
-struct Site1 {
-    sidecar: Sidecar,
-    listener: SocketAddr,
-}
-
-struct Rig {
-    envoy: Envoy,
-    up: DemoUpstream,
-    backend: FakeBackend,
-    /// Plugin configuration (as JSON text) → its sidecar and listener.
-    sites: HashMap<String, Site1>,
-    _refused: testbed::ClosedPort,
-}
-
-impl Rig {
-    async fn start(configs: &[Json]) -> Result<Rig> {
-        let (up, backend) = tokio::try_join!(DemoUpstream::start(), FakeBackend::start())?;
-        let refused = closed_port()?;
-        let mut keys: Vec<String> = configs.iter().map(Json::to_string).collect();
-        keys.sort();
-        keys.dedup();
-        let mut sidecars = Vec::new();
-        let mut sites = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            let config: Json = serde_json::from_str(k)?;
-            // The sidecar calls the backend itself: the refused cases point it at a closed port.
-            let target = if config["backend"]["cluster"] == REFUSED_CLUSTER {
-                refused.addr()
-            } else {
-                backend.addr()
-            };
-            let sidecar = Box::pin(Sidecar::start(&config, &format!("http://{target}"))).await?;
-            let mut site_config = config.clone();
-            golden::merge(
-                &mut site_config,
-                &serde_json::json!({"sidecar": {"listen": sidecar.grpc_addr().to_string()}}),
-            );
-            sites.push(Site {
-                name: format!("case_config_{i}"),
-                port: 0,
-                plugin_config: site_config,
-            });
-            sidecars.push(sidecar);
-        }
-        let layout = Layout {
-            admin_port: 0,
-            upstream: up.addr(),
-            backend: backend.addr(),
-            refused: Some(refused.addr()),
-            sites: sites.clone(),
-            access_log: None,
-        };
-        let yaml = Shape::Sidecar.envoy_yaml(&layout)?;
-        let envoy = Box::pin(Envoy::start(&yaml)).await?;
-        let mut by_key = HashMap::new();
-        for ((k, s), sidecar) in keys.iter().zip(&sites).zip(sidecars) {
-            let listener = envoy
-                .listener(&s.name)
-                .with_context(|| format!("listener {} not found", s.name))?;
-            by_key.insert(k.clone(), Site1 { sidecar, listener });
-        }
-        Ok(Rig {
-            envoy,
-            up,
-            backend,
-            sites: by_key,
-            _refused: refused,
-        })
-    }
-
-    fn site(&self, config: &Json) -> Result<&Site1> {
-        self.sites
-            .get(&config.to_string())
-            .context("no listener for the case's config")
-    }
-
-    /// Runs one case; returns the mismatches.
-    async fn run(&self, case: &Case, base: &Json) -> Result<Vec<String>> {
-        let site = self.site(&case_config(case, base))?;
-
-        // Script the parties.
-        let u = &case.upstream;
-        self.up
-            .set_script(&Script {
-                status: u.status,
-                headers: u
-                    .headers
-                    .iter()
-                    .map(|(n, v)| HeaderField::new(n, v.to_vec()))
-                    .collect(),
-                body_base64: u.body.to_vec(),
-            })
-            .await?;
-        let behaviour = match &case.backend {
-            Backend::Timeout => Behaviour::Timeout,
-            Backend::Refused => Behaviour::Miss,
-            b => match golden::backend_answer(b) {
-                Some((200, content_type, body)) => Behaviour::Hit {
-                    content_type,
-                    body_base64: body,
-                },
-                Some((status, _, _)) => Behaviour::status(status),
-                None => bail!("no answer for backend {b:?}"),
-            },
-        };
-        self.backend.set_inject(&behaviour).await?;
-        self.up.clear_requests().await?;
-        self.backend.clear_received().await?;
-        let before = site.sidecar.counters().await?;
-
-        // The request, as the case's client sends it.
-        let req = &case.request;
-        let mut raw_req = RawRequest::new(&req.method, &req.path);
-        raw_req.headers = vec![HeaderField::new("host", &req.authority)];
-        for (n, v) in &req.headers {
-            raw_req.headers.push(HeaderField::new(n, v.to_vec()));
-        }
-        let chunks: Vec<Vec<u8>> = req.body.iter().map(|b| b.to_vec()).collect();
-        raw_req.body = match chunks.len() {
-            0 => Body::None,
-            1 => Body::ContentLength(chunks),
-            _ => Body::Chunked(chunks),
-        };
-        raw_req.chunk_delay = Duration::from_millis(5);
-        let resp = raw::send(site.listener, &raw_req, T).await?;
-
-        // Records: wait for the expected one (and for the sidecar to count the backend's
-        // answer); otherwise give a wrong one a moment to show up.
-        let counted = |c: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>| {
-            let n = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
-            let sum = |m| n(m, "records_sent") + n(m, "record_failures") + n(m, "records_dropped");
-            sum(c) > sum(before)
-        };
-        if case.expect.extract.is_some() {
-            let deadline = Instant::now() + RECORD_DEADLINE;
-            loop {
-                let done = counted(&site.sidecar.counters().await?, &before)
-                    && !self.backend.received_on("/v1/traces").await?.is_empty();
-                if done || Instant::now() >= deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        } else {
-            tokio::time::sleep(NO_RECORD_GRACE).await;
-        }
-        let after = site.sidecar.counters().await?;
-
-        let mut errors = Vec::new();
-        let complete: Vec<_> = self
-            .up
-            .requests()
-            .await?
-            .into_iter()
-            .filter(|r| r.complete)
-            .collect();
-        if complete.len() > 1 {
-            errors.push(format!(
-                "upstream: expected at most one request, got {}",
-                complete.len()
-            ));
-        }
-        let received = self.backend.received().await?;
-        let bodies = |path: &str| -> Vec<(Option<String>, Vec<u8>)> {
-            received
-                .iter()
-                .filter(|r| r.path == path)
-                .map(|r| (r.header("content-type"), r.body_base64.clone()))
-                .collect()
-        };
-        let counters = after
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    v.saturating_sub(before.get(k).copied().unwrap_or(0)),
-                )
-            })
-            .collect();
-        let observed = Observed {
-            client_status: resp.status,
-            client_headers: resp
-                .headers
-                .iter()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect(),
-            client_body: resp.body.clone(),
-            upstream: complete.first().map(|r| UpstreamSaw {
-                method: r.method.clone(),
-                path: r.path.clone(),
-                headers: r
-                    .headers
-                    .iter()
-                    .map(|h| (h.name.clone(), h.value.clone()))
-                    .collect(),
-                body: r.body_base64.clone(),
-            }),
-            inject: bodies("/v1/inject"),
-            extract: bodies("/v1/traces"),
-            counters: Some(counters),
-        };
-        // A refused connection never reaches the backend, so the lookup it carried cannot be
-        // seen there: check everything else (the counters still show the transport error).
-        let mut case = case.clone();
-        if matches!(case.backend, Backend::Refused) {
-            case.expect.inject = None;
-        }
-        errors.extend(golden::verify(&case, &observed));
-        Ok(errors)
-    }
-}
+use testbed::{Envoy, FakeBackend, HeaderField, Shape};
 
 /// Runs a test body on a runtime whose threads have 8 MiB stacks: in debug builds, polling these
 /// deeply nested futures (Envoy, sidecar, raw client) needs more than a test thread's 2 MiB.
@@ -282,59 +42,15 @@ where
 
 #[test]
 fn golden_cases_sidecar() {
-    on_big_stack(replay_all());
-}
-
-async fn replay_all() {
-    let started = Instant::now();
-    let base = base_config();
-    let cases = golden::load_dir(&golden_dir().join("cases")).expect("load golden cases");
-    assert!(!cases.is_empty(), "no golden cases found");
-    let configs: Vec<Json> = cases.iter().map(|c| case_config(c, &base)).collect();
-    let rig = Box::pin(Rig::start(&configs))
-        .await
-        .unwrap_or_else(|e| panic!("sidecar: could not start the rig: {e:#}"));
-    eprintln!(
-        "sidecar: rig ({} sidecars + envoy) up in {} ms",
-        rig.sites.len(),
-        started.elapsed().as_millis()
-    );
-    let mut failures = Vec::new();
-    for case in &cases {
-        let t = Instant::now();
-        match Box::pin(rig.run(case, &base)).await {
-            Ok(errors) if errors.is_empty() => {}
-            Ok(errors) => failures.push(format!(
-                "{} [sidecar]:\n    {}",
-                case.name,
-                errors.join("\n    ")
-            )),
-            Err(e) => failures.push(format!("{} [sidecar]: {e:#}", case.name)),
-        }
-        eprintln!("sidecar {}: {} ms", case.name, t.elapsed().as_millis());
-    }
-    eprintln!(
-        "sidecar: {} cases in {:.1} s",
-        cases.len(),
-        started.elapsed().as_secs_f64()
-    );
-    if !failures.is_empty() {
-        let tails: Vec<String> = rig.sites.values().map(|s| s.sidecar.log_tail(20)).collect();
-        panic!(
-            "{} of {} golden cases failed through Envoy (sidecar):\n{}\n\n--- envoy log tail ---\n{}\n--- sidecar logs ---\n{}",
-            failures.len(),
-            cases.len(),
-            failures.join("\n"),
-            rig.envoy.log_tail(60),
-            tails.join("\n")
-        );
-    }
+    on_big_stack(async {
+        support::replay_all(Shape::Sidecar).await;
+    });
 }
 
 /// One Envoy + one sidecar with the base config, for the fail-open tests.
 async fn single() -> Result<(Rig, Json)> {
     let config = base_config();
-    let rig = Box::pin(Rig::start(std::slice::from_ref(&config))).await?;
+    let rig = Box::pin(Rig::start(Shape::Sidecar, std::slice::from_ref(&config))).await?;
     Ok((rig, config))
 }
 
@@ -405,7 +121,7 @@ async fn kill_and_restart() -> Result<()> {
     // Killed: every request reaches the upstream unchanged (no hit although the backend has one),
     // nothing is looked up or recorded.
     let site = rig.sites.get_mut(&key).context("site")?;
-    site.sidecar.kill();
+    site.sidecar.as_mut().context("sidecar")?.kill();
     rig.backend.clear_received().await?;
     rig.up.clear_requests().await?;
     let t = Instant::now();
@@ -437,7 +153,7 @@ async fn kill_and_restart() -> Result<()> {
 
     // Restarted on the same port: hits and records work again.
     let site = rig.sites.get_mut(&key).context("site")?;
-    site.sidecar.restart().await?;
+    site.sidecar.as_mut().context("sidecar")?.restart().await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = raw::send(addr, &get("/after-hit"), T).await?;
@@ -459,7 +175,13 @@ async fn kill_and_restart() -> Result<()> {
     // The restarted sidecar counts from zero: one hit (at least) and the record, once answered.
     let deadline = Instant::now() + RECORD_DEADLINE;
     loop {
-        let c = rig.site(&config)?.sidecar.counters().await?;
+        let c = rig
+            .site(&config)?
+            .sidecar
+            .as_ref()
+            .context("sidecar")?
+            .counters()
+            .await?;
         if c["hits"] >= 1 && c["records_sent"] >= 1 {
             break;
         }
@@ -489,7 +211,12 @@ async fn sigterm_drain() -> Result<()> {
         assert_eq!(r.status, 200);
     }
     let site = rig.sites.get_mut(&key).context("site")?;
-    let status = site.sidecar.terminate(Duration::from_secs(10)).await?;
+    let status = site
+        .sidecar
+        .as_mut()
+        .context("sidecar")?
+        .terminate(Duration::from_secs(10))
+        .await?;
     assert!(status.success(), "exit status {status}");
     let records = rig.backend.received_on("/v1/traces").await?;
     assert_eq!(records.len(), 3, "every queued record was flushed");
@@ -522,7 +249,7 @@ async fn latency() -> Result<()> {
         &mut config,
         &serde_json::json!({"rules": {"exclude_paths": ["/skip/.*"]}}),
     );
-    let skip = Box::pin(Rig::start(std::slice::from_ref(&config))).await?;
+    let skip = Box::pin(Rig::start(Shape::Sidecar, std::slice::from_ref(&config))).await?;
     let skip_addr = skip.site(&config)?.listener;
     let body = vec![b'x'; 4096];
     let post = |path: &str| {

@@ -1,32 +1,35 @@
-//! The golden-case replay through real Envoy, shared by every in-proxy shape (wasm, native):
-//! one Envoy per shape with one listener per distinct plugin configuration; the cases run one
-//! after the other against it (they share the demo upstream, the fake backend and the counters),
-//! checked with `filter_core::golden::verify`.
+//! The golden-case replay through real Envoy, shared by every shape (wasm, native, sidecar): one
+//! Envoy per shape with one listener per distinct plugin configuration (and, for
+//! [`Shape::Sidecar`], one `filter-sidecar` process per listener); the cases run one after the
+//! other against it (they share the demo upstream, the fake backend and the counters, which come
+//! from Envoy's stats or from the site's sidecar), checked with `filter_core::golden::verify`.
 #![allow(dead_code)]
 
 use anyhow::{bail, Context, Result};
 use filter_core::golden::{self, Backend, Case, Observed, UpstreamSaw};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use testbed::demo_upstream::model::Script;
 use testbed::fake_backend::model::Behaviour;
 use testbed::raw::{self, Body, RawRequest};
 use testbed::shape::REFUSED_CLUSTER;
+use testbed::sidecar::Sidecar;
 use testbed::{closed_port, DemoUpstream, Envoy, FakeBackend, HeaderField, Layout, Shape, Site};
 
-const T: Duration = Duration::from_secs(15);
+pub const T: Duration = Duration::from_secs(15);
 /// How long to wait for a record that must not come.
 const NO_RECORD_GRACE: Duration = Duration::from_millis(150);
 /// How long a record may take to reach the backend.
-const RECORD_DEADLINE: Duration = Duration::from_secs(5);
+pub const RECORD_DEADLINE: Duration = Duration::from_secs(5);
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../golden")
 }
 
-fn base_config() -> Json {
+pub fn base_config() -> Json {
     let text = std::fs::read(golden_dir().join("base-config.json")).expect("base-config.json");
     serde_json::from_slice(&text).expect("base-config.json is JSON")
 }
@@ -43,32 +46,50 @@ fn case_config(case: &Case, base: &Json) -> Json {
     c
 }
 
-struct Rig {
-    shape: Shape,
-    envoy: Envoy,
-    up: DemoUpstream,
-    backend: FakeBackend,
-    /// Plugin configuration (as JSON text) → listener address.
-    sites: HashMap<String, std::net::SocketAddr>,
+/// One listener of the rig.
+pub struct RigSite {
+    pub listener: SocketAddr,
+    /// The site's own `filter-sidecar` ([`Shape::Sidecar`] only).
+    pub sidecar: Option<Sidecar>,
+}
+
+pub struct Rig {
+    pub shape: Shape,
+    pub envoy: Envoy,
+    pub up: DemoUpstream,
+    pub backend: FakeBackend,
+    /// Plugin configuration (as JSON text) → its listener (and sidecar).
+    pub sites: HashMap<String, RigSite>,
     _refused: testbed::ClosedPort,
 }
 
 impl Rig {
-    async fn start(shape: Shape, configs: &[Json]) -> Result<Rig> {
+    pub async fn start(shape: Shape, configs: &[Json]) -> Result<Rig> {
         let (up, backend) = tokio::try_join!(DemoUpstream::start(), FakeBackend::start())?;
         let refused = closed_port()?;
         let mut keys: Vec<String> = configs.iter().map(Json::to_string).collect();
         keys.sort();
         keys.dedup();
-        let sites: Vec<Site> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| Site {
+        let mut sidecars = Vec::new();
+        let mut sites = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let mut plugin_config: Json = serde_json::from_str(k).unwrap_or(Json::Null);
+            if shape == Shape::Sidecar {
+                let sidecar = Box::pin(start_sidecar(&plugin_config, &backend, &refused)).await?;
+                golden::merge(
+                    &mut plugin_config,
+                    &serde_json::json!({"sidecar": {"listen": sidecar.grpc_addr().to_string()}}),
+                );
+                sidecars.push(Some(sidecar));
+            } else {
+                sidecars.push(None);
+            }
+            sites.push(Site {
                 name: format!("case_config_{i}"),
                 port: 0,
-                plugin_config: serde_json::from_str(k).unwrap_or(Json::Null),
-            })
-            .collect();
+                plugin_config,
+            });
+        }
         let layout = Layout {
             admin_port: 0,
             upstream: up.addr(),
@@ -81,13 +102,13 @@ impl Rig {
             Ok((shape.envoy_yaml(&layout)?, shape.envoy_env()?))
         })
         .await??;
-        let envoy = Envoy::start_with_env(&yaml, &[], &env).await?;
+        let envoy = Box::pin(Envoy::start_with_env(&yaml, &[], &env)).await?;
         let mut by_key = HashMap::new();
-        for (k, s) in keys.iter().zip(&sites) {
-            let addr = envoy
+        for ((k, s), sidecar) in keys.iter().zip(&sites).zip(sidecars) {
+            let listener = envoy
                 .listener(&s.name)
                 .with_context(|| format!("listener {} not found", s.name))?;
-            by_key.insert(k.clone(), addr);
+            by_key.insert(k.clone(), RigSite { listener, sidecar });
         }
         Ok(Rig {
             shape,
@@ -99,17 +120,33 @@ impl Rig {
         })
     }
 
-    async fn counters(&self) -> Result<BTreeMap<String, u64>> {
-        Ok(self.shape.counters(&self.envoy.stats().await?))
+    /// The site of a plugin configuration (as the shape runs it).
+    pub fn site(&self, config: &Json) -> Result<&RigSite> {
+        self.sites
+            .get(&config.to_string())
+            .context("no listener for the case's config")
+    }
+
+    /// The filter's counters at `site`: its sidecar's, else Envoy's stats.
+    async fn counters(&self, site: &RigSite) -> Result<BTreeMap<String, u64>> {
+        match &site.sidecar {
+            Some(sidecar) => sidecar.counters().await,
+            None => Ok(self.shape.counters(&self.envoy.stats().await?)),
+        }
+    }
+
+    /// The counters whose sum grows once the filter has the backend's answer to a record.
+    fn record_counters(&self) -> &'static [&'static str] {
+        if self.shape == Shape::Sidecar {
+            &["records_sent", "record_failures", "records_dropped"]
+        } else {
+            &["records_sent", "record_failures"]
+        }
     }
 
     /// Runs one case; returns the mismatches.
     async fn run(&self, case: &Case, base: &Json) -> Result<Vec<String>> {
-        let config = self.shape.plugin_config(&case_config(case, base));
-        let addr = *self
-            .sites
-            .get(&config.to_string())
-            .context("no listener for the case's config")?;
+        let site = self.site(&self.shape.plugin_config(&case_config(case, base)))?;
 
         // Script the parties.
         let u = &case.upstream;
@@ -139,7 +176,7 @@ impl Rig {
         self.backend.set_inject(&behaviour).await?;
         self.up.clear_requests().await?;
         self.backend.clear_received().await?;
-        let before = self.counters().await?;
+        let before = self.counters(site).await?;
 
         // The request, as the case's client sends it.
         let req = &case.request;
@@ -155,9 +192,10 @@ impl Rig {
             _ => Body::Chunked(chunks),
         };
         raw_req.chunk_delay = Duration::from_millis(5);
-        let resp = raw::send(addr, &raw_req, T).await?;
+        let resp = raw::send(site.listener, &raw_req, T).await?;
 
-        // Records: wait for the expected one; otherwise give a wrong one a moment to show up.
+        // Records: wait for the expected one (and for the filter to count the backend's answer);
+        // otherwise give a wrong one a moment to show up.
         if case.expect.extract.is_some() {
             let deadline = Instant::now() + RECORD_DEADLINE;
             while self.backend.received_on("/v1/traces").await?.is_empty()
@@ -165,20 +203,27 @@ impl Rig {
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            // And for the plugin to count the backend's answer.
             let settled = |c: &BTreeMap<String, u64>| {
-                let n = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
-                n(c, "records_sent") + n(c, "record_failures")
-                    > n(&before, "records_sent") + n(&before, "record_failures")
+                let sum = |m: &BTreeMap<String, u64>| -> u64 {
+                    self.record_counters()
+                        .iter()
+                        .map(|k| m.get(*k).copied().unwrap_or(0))
+                        .sum()
+                };
+                sum(c) > sum(&before)
             };
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while !settled(&self.counters().await?) && Instant::now() < deadline {
+            // A sidecar has the same deadline for both; Envoy's stats get 2 s more.
+            let deadline = match site.sidecar {
+                Some(_) => deadline,
+                None => Instant::now() + Duration::from_secs(2),
+            };
+            while !settled(&self.counters(site).await?) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         } else {
             tokio::time::sleep(NO_RECORD_GRACE).await;
         }
-        let after = self.counters().await?;
+        let after = self.counters(site).await?;
 
         let mut errors = Vec::new();
         let complete: Vec<_> = self
@@ -244,6 +289,21 @@ impl Rig {
     }
 }
 
+/// Starts the sidecar for a site's plugin configuration: it calls the backend itself, so the
+/// configurations naming [`REFUSED_CLUSTER`] point it at the closed port.
+async fn start_sidecar(
+    config: &Json,
+    backend: &FakeBackend,
+    refused: &testbed::ClosedPort,
+) -> Result<Sidecar> {
+    let target = if config["backend"]["cluster"] == REFUSED_CLUSTER {
+        refused.addr()
+    } else {
+        backend.addr()
+    };
+    Box::pin(Sidecar::start(config, &format!("http://{target}"))).await
+}
+
 /// Replays every golden case through Envoy in `shape`; panics with every mismatch. Returns
 /// Envoy's log.
 pub async fn replay_all(shape: Shape) -> String {
@@ -255,13 +315,21 @@ pub async fn replay_all(shape: Shape) -> String {
         .iter()
         .map(|c| shape.plugin_config(&case_config(c, &base)))
         .collect();
-    let rig = Rig::start(shape, &configs)
+    let rig = Box::pin(Rig::start(shape, &configs))
         .await
         .unwrap_or_else(|e| panic!("{}: could not start the rig: {e:#}", shape.name()));
+    let sidecars = rig.sites.values().filter(|s| s.sidecar.is_some()).count();
+    if sidecars > 0 {
+        eprintln!(
+            "{}: rig ({sidecars} sidecars + envoy) up in {} ms",
+            shape.name(),
+            started.elapsed().as_millis()
+        );
+    }
     let mut failures = Vec::new();
     for case in &cases {
         let t = Instant::now();
-        match rig.run(case, &base).await {
+        match Box::pin(rig.run(case, &base)).await {
             Ok(errors) if errors.is_empty() => {}
             Ok(errors) => failures.push(format!(
                 "{} [{}]:\n    {}",
@@ -285,8 +353,18 @@ pub async fn replay_all(shape: Shape) -> String {
         started.elapsed().as_secs_f64()
     );
     if !failures.is_empty() {
+        let tails: Vec<String> = rig
+            .sites
+            .values()
+            .filter_map(|s| s.sidecar.as_ref().map(|s| s.log_tail(20)))
+            .collect();
+        let sidecar_logs = if tails.is_empty() {
+            String::new()
+        } else {
+            format!("\n--- sidecar logs ---\n{}", tails.join("\n"))
+        };
         panic!(
-            "{} of {} golden cases failed through Envoy ({}):\n{}\n\n--- envoy log tail ---\n{}",
+            "{} of {} golden cases failed through Envoy ({}):\n{}\n\n--- envoy log tail ---\n{}{sidecar_logs}",
             failures.len(),
             cases.len(),
             shape.name(),
