@@ -63,31 +63,16 @@ async fn list_get_delete_and_clear() {
     assert_eq!(full["key"], all["recordings"][5]["key"]);
 
     let c = client();
-    let r = c
-        .get(server.at("/admin/recordings/999999"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let r = c
-        .get(server.at("/admin/recordings/abc"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let status = |req: reqwest::RequestBuilder| async move { req.send().await.unwrap().status() };
+    assert_eq!(
+        status(c.get(server.at("/admin/recordings/999999"))).await,
+        404
+    );
+    assert_eq!(status(c.get(server.at("/admin/recordings/abc"))).await, 400);
 
-    let r = c
-        .delete(server.at(&format!("/admin/recordings/{}", ids[0])))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let r = c
-        .delete(server.at(&format!("/admin/recordings/{}", ids[0])))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    let first = server.at(&format!("/admin/recordings/{}", ids[0]));
+    assert_eq!(status(c.delete(&first)).await, 204);
+    assert_eq!(status(c.delete(&first)).await, 404);
     assert!(lookup(&server, &Exchange::get("/a/0", b"")).await.is_none());
     assert!(lookup(&server, &Exchange::get("/a/1", b"")).await.is_some());
     assert_eq!(list(&server, "").await["total"], 5);
@@ -187,14 +172,7 @@ async fn cli_export_refuses_a_store_held_by_a_running_server() {
 #[tokio::test]
 async fn metrics_count_recordings_hits_misses_and_bad_requests() {
     let (_dir, server) = start().await;
-    let text = client()
-        .get(server.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&server).await;
     assert!(text.contains("# TYPE backend_hits_total counter"), "{text}");
     record(&server, &Exchange::get("/m1", b"1")).await;
     record(&server, &Exchange::get("/m2", b"2")).await;

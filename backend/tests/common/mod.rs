@@ -548,16 +548,21 @@ pub async fn lookup(server: &Server, e: &Exchange) -> Option<Answer> {
     }
 }
 
-/// The value of one metric.
-pub async fn metric(server: &Server, name: &str) -> u64 {
-    let text = client()
+/// The `/metrics` page.
+pub async fn metrics_text(server: &Server) -> String {
+    client()
         .get(server.at("/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The value of one metric.
+pub async fn metric(server: &Server, name: &str) -> u64 {
+    let text = metrics_text(server).await;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("no metric {name} in {text}"))
