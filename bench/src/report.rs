@@ -51,9 +51,16 @@ fn envoy_version() -> Result<String> {
     let bin = testbed::envoy::binary()?;
     let out = std::process::Command::new(bin).arg("--version").output()?;
     let s = String::from_utf8_lossy(&out.stdout);
-    // "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
-    Ok(s.split('/')
-        .nth(1)
+    // "<path>/envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL": the first a.b.c segment.
+    let is_version = |p: &&str| {
+        let parts: Vec<&str> = p.split('.').collect();
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
+    };
+    Ok(s.split(['/', ' ', '\n'])
+        .find(is_version)
         .map_or_else(|| s.trim().to_string(), str::to_string))
 }
 
@@ -69,9 +76,15 @@ pub fn criterion_mean_ns(dir: &Path, group: &str, function: &str, parameter: &st
     v.get("mean")?.get("point_estimate")?.as_f64()
 }
 
-/// Where criterion writes: `<target>/criterion`.
+/// Where criterion writes: `<target>/criterion`, or `<target>/criterion-smoke` for a smoke run
+/// (which must never stand in for a full run's estimates).
 pub fn criterion_dir() -> Result<PathBuf> {
-    Ok(crate::target_dir()?.join("criterion"))
+    let name = if crate::smoke() {
+        "criterion-smoke"
+    } else {
+        "criterion"
+    };
+    Ok(crate::target_dir()?.join(name))
 }
 
 /// `12.3 µs`, `4.56 ms`, ...
