@@ -455,6 +455,34 @@ fn module_headers(headers: &[(&str, &str)]) -> Vec<ModuleHttpHeader> {
         .collect()
 }
 
+/// Starts a callout through `start` — one of Envoy's two callout callbacks (bound to a stream, or
+/// to the config) with its owner already given — and returns its id.
+fn start_callout(
+    start: impl FnOnce(*mut u64, ModuleBuffer, *mut ModuleHttpHeader, usize, ModuleBuffer, u64) -> u32,
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout_ms: u64,
+) -> Result<u64, CalloutInitError> {
+    let mut hs = module_headers(headers);
+    let mut id = 0u64;
+    // Every buffer points at memory alive for the call (Envoy copies the request); `id` is a
+    // valid out-pointer.
+    let r = start(
+        &mut id,
+        ModuleBuffer::of(cluster.as_bytes()),
+        hs.as_mut_ptr(),
+        hs.len(),
+        ModuleBuffer::of(body),
+        timeout_ms,
+    );
+    if r == CALLOUT_INIT_SUCCESS {
+        Ok(id)
+    } else {
+        Err(init_error(r))
+    }
+}
+
 /// The host of one stream event: Envoy's `DynamicModuleHttpFilter`. Made for one hook call and
 /// dropped at its end, so nothing borrowed from it outlives Envoy's guarantee.
 pub struct EnvoyFilter {
@@ -619,26 +647,20 @@ impl EnvoyHttpFilter for EnvoyFilter {
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u64, CalloutInitError> {
-        let mut hs = module_headers(headers);
-        let mut id = 0u64;
-        // SAFETY: every buffer points at memory alive for the call (Envoy copies the request);
-        // `id` is a valid out-pointer.
-        let r = unsafe {
-            ffi::envoy_dynamic_module_callback_http_filter_http_callout(
-                self.raw,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                hs.as_mut_ptr(),
-                hs.len(),
-                ModuleBuffer::of(body),
-                timeout_ms,
-            )
-        };
-        if r == CALLOUT_INIT_SUCCESS {
-            Ok(id)
-        } else {
-            Err(init_error(r))
-        }
+        start_callout(
+            |id, c, h, n, b, t| {
+                // SAFETY: `raw` is valid during this hook on this worker; the buffers as `start_callout` says.
+                unsafe {
+                    ffi::envoy_dynamic_module_callback_http_filter_http_callout(
+                        self.raw, id, c, h, n, b, t,
+                    )
+                }
+            },
+            cluster,
+            headers,
+            body,
+            timeout_ms,
+        )
     }
 }
 
@@ -770,25 +792,20 @@ impl EnvoyHttpFilterConfig for EnvoyConfig {
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u64, CalloutInitError> {
-        let mut hs = module_headers(headers);
-        let mut id = 0u64;
-        // SAFETY: main thread; buffers alive for the call (Envoy copies); valid out-pointer.
-        let r = unsafe {
-            ffi::envoy_dynamic_module_callback_http_filter_config_http_callout(
-                self.raw,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                hs.as_mut_ptr(),
-                hs.len(),
-                ModuleBuffer::of(body),
-                timeout_ms,
-            )
-        };
-        if r == CALLOUT_INIT_SUCCESS {
-            Ok(id)
-        } else {
-            Err(init_error(r))
-        }
+        start_callout(
+            |id, c, h, n, b, t| {
+                // SAFETY: main thread, valid config; the buffers as `start_callout` says.
+                unsafe {
+                    ffi::envoy_dynamic_module_callback_http_filter_config_http_callout(
+                        self.raw, id, c, h, n, b, t,
+                    )
+                }
+            },
+            cluster,
+            headers,
+            body,
+            timeout_ms,
+        )
     }
 
     fn log(&self, level: LogLevel, message: &str) {
