@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
+use crate::encoding;
 use crate::http::{self, Header, Response};
 use crate::otlp::{self, ResourceSpans, Span, TracesData, Value};
 use crate::wire::{self, Attr, SpanOut, TracesOut, Val};
@@ -102,9 +103,9 @@ pub struct RequestView<'a> {
     /// Every request header as received, pseudo-headers included.
     pub headers: &'a [Header],
     pub body: &'a [u8],
-    /// The standard base64 of a non-UTF-8 body, when the caller already has it: written as is (no
-    /// second encoding), and `body` is then ignored. The engine sets it for a request body that
-    /// goes into both the inject and the extract span.
+    /// The standard base64 of a body that travels as base64 ([`body_needs_base64`]), when the
+    /// caller already has it: written as is (no second encoding), and `body` is then ignored. The
+    /// engine sets it for a request body that goes into both the inject and the extract span.
     pub body_base64: Option<&'a str>,
 }
 
@@ -133,16 +134,24 @@ fn text(b: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(b)
 }
 
-fn header_value<'a>(redact: bool, v: &'a [u8]) -> Val<'a> {
-    if redact {
-        return Val::Str(Cow::Owned(redacted(v)));
-    }
-    match std::str::from_utf8(v) {
-        Ok(s) => Val::Str(Cow::Borrowed(s)),
-        Err(_) => Val::Bytes(v),
+/// A string value when the bytes are UTF-8, else a bytes value (array items only: the runtime
+/// drops arrays anyway, and our backend reads bytes items exactly).
+fn item<'a>(line: Cow<'a, [u8]>) -> Val<'a> {
+    match line {
+        Cow::Borrowed(b) => match std::str::from_utf8(b) {
+            Ok(s) => Val::Str(Cow::Borrowed(s)),
+            Err(_) => Val::Bytes(Cow::Borrowed(b)),
+        },
+        Cow::Owned(v) => match String::from_utf8(v) {
+            Ok(s) => Val::Str(Cow::Owned(s)),
+            Err(e) => Val::Bytes(Cow::Owned(e.into_bytes())),
+        },
     }
 }
 
+/// One string attribute per header name (see [`crate::encoding`]): repeated lines combined,
+/// non-UTF-8 values as marked base64, and the exact lines in an extra array attribute when the
+/// name repeats.
 fn push_headers<'a>(
     prefix: &str,
     headers: &'a [Header],
@@ -154,19 +163,51 @@ fn push_headers<'a>(
         if skip_pseudo && name.starts_with(':') {
             continue;
         }
-        let redact = redactor.is_redacted(&name);
-        let value = match values.as_slice() {
-            [one] => header_value(redact, one),
-            many => Val::Array(many.iter().map(|v| header_value(redact, v)).collect()),
+        let key = format!("{prefix}{name}");
+        let lines: Vec<Cow<'a, [u8]>> = if redactor.is_redacted(&name) {
+            values
+                .iter()
+                .map(|v| Cow::Owned(redacted(v).into_bytes()))
+                .collect()
+        } else {
+            values.iter().map(|v| Cow::Borrowed(*v)).collect()
         };
-        out.push(Attr::new(format!("{prefix}{name}"), value));
+        let combined: Cow<'a, [u8]> = match lines.as_slice() {
+            [one] => one.clone(),
+            many => Cow::Owned(encoding::combine(&name, many)),
+        };
+        if std::str::from_utf8(&combined).is_ok() {
+            out.push(Attr::new(key.clone(), item(combined)));
+        } else {
+            out.push(Attr::new(
+                format!("{}{key}", encoding::ENCODING_PREFIX),
+                Val::Str(Cow::Borrowed("base64")),
+            ));
+            out.push(Attr::new(key.clone(), Val::Base64(combined)));
+        }
+        if lines.len() > 1 {
+            out.push(Attr::new(
+                format!("{}{key}", encoding::LINES_PREFIX),
+                Val::Array(lines.into_iter().map(item).collect()),
+            ));
+        }
     }
+}
+
+/// Whether the body of a message with these headers goes into a span as base64.
+pub fn body_needs_base64(headers: &[Header], body: &[u8]) -> bool {
+    encoding::body_is_base64(
+        http::header(headers, "content-type"),
+        http::header(headers, "content-encoding"),
+        body,
+    )
 }
 
 fn push_body<'a>(
     attr: &'static str,
     body: &'a [u8],
     base64: Option<&'a str>,
+    headers: &[Header],
     out: &mut Vec<Attr<'a>>,
 ) {
     let value = match base64 {
@@ -174,10 +215,14 @@ fn push_body<'a>(
         // Already encoded by the caller: written as is.
         Some(b64) => Val::Str(Cow::Borrowed(b64)),
         None if body.is_empty() => return,
-        None => match std::str::from_utf8(body) {
-            Ok(s) => return out.push(Attr::new(attr, Val::Str(Cow::Borrowed(s)))),
-            Err(_) => Val::Base64(body),
-        },
+        None if !body_needs_base64(headers, body) => {
+            if let Ok(s) = std::str::from_utf8(body) {
+                out.push(Attr::new(attr, Val::Str(Cow::Borrowed(s))));
+                return;
+            }
+            Val::Base64(Cow::Borrowed(body))
+        }
+        None => Val::Base64(Cow::Borrowed(body)),
     };
     out.push(Attr::new(attr, value));
     out.push(Attr::new(
@@ -186,13 +231,10 @@ fn push_body<'a>(
     ));
 }
 
-/// The standard base64 of `body` when it is not UTF-8 (so a span carries it as base64), else
-/// `None`.
-pub fn body_base64(body: &[u8]) -> Option<String> {
-    match std::str::from_utf8(body) {
-        Ok(_) => None,
-        Err(_) => Some(base64::engine::general_purpose::STANDARD.encode(body)),
-    }
+/// The standard base64 of a request body when a span carries it as base64 (see
+/// [`body_needs_base64`]), else `None`.
+pub fn body_base64(headers: &[Header], body: &[u8]) -> Option<String> {
+    (!body.is_empty() && body_needs_base64(headers, body)).then(|| encoding::base64(body))
 }
 
 fn request_attrs<'a>(
@@ -226,14 +268,20 @@ fn request_attrs<'a>(
         false,
         &mut attrs,
     );
-    push_body(REQUEST_BODY, req.body, req.body_base64, &mut attrs);
+    push_body(
+        REQUEST_BODY,
+        req.body,
+        req.body_base64,
+        req.headers,
+        &mut attrs,
+    );
     attrs
 }
 
 fn push_response<'a>(resp: &ResponseView<'a>, redactor: &Redactor, attrs: &mut Vec<Attr<'a>>) {
     attrs.push(Attr::new(RESPONSE_STATUS, Val::Int(i64::from(resp.status))));
     push_headers(RESPONSE_HEADER_PREFIX, resp.headers, redactor, true, attrs);
-    push_body(RESPONSE_BODY, resp.body, None, attrs);
+    push_body(RESPONSE_BODY, resp.body, None, resp.headers, attrs);
 }
 
 fn traces<'a>(meta: &SpanMeta<'a>, name: &'a str, attributes: Vec<Attr<'a>>) -> Vec<u8> {
@@ -369,31 +417,96 @@ pub struct SpanResponse {
     pub body: Vec<u8>,
 }
 
-fn value_bytes(key: &str, v: &Value) -> Result<Vec<u8>, DecodeError> {
+fn scalar_text(key: &str, v: &Value) -> Result<Vec<u8>, DecodeError> {
     match v {
         Value::StringValue(s) => Ok(s.as_bytes().to_vec()),
         Value::BytesValue(b) => Ok(b.clone()),
+        Value::IntValue(i) => Ok(i.to_string().into_bytes()),
+        Value::DoubleValue(d) => Ok(d.to_string().into_bytes()),
+        Value::BoolValue(b) => Ok(b.to_string().into_bytes()),
         _ => err(format!("attribute `{key}` must be a string or bytes")),
     }
 }
 
-fn header_values(key: &str, v: &Value) -> Result<Vec<Vec<u8>>, DecodeError> {
-    match v {
-        Value::ArrayValue(a) => a
-            .values
-            .iter()
-            .map(|item| match &item.value {
-                Some(v) => value_bytes(key, v),
-                None => err(format!("attribute `{key}` has an empty array item")),
-            })
-            .collect(),
-        other => Ok(vec![value_bytes(key, other)?]),
+fn array_lines(key: &str, a: &otlp::ArrayValue) -> Result<Vec<Vec<u8>>, DecodeError> {
+    a.values
+        .iter()
+        .map(|item| match &item.value {
+            Some(v) => scalar_text(key, v),
+            None => err(format!("attribute `{key}` has an empty array item")),
+        })
+        .collect()
+}
+
+/// Our exactness attributes of one span ([`crate::encoding`]).
+#[derive(Default)]
+struct Exact<'s> {
+    /// Header attributes whose string is base64.
+    base64: Vec<&'s str>,
+    /// Header attributes with their exact lines.
+    lines: Vec<(&'s str, &'s otlp::ArrayValue)>,
+}
+
+impl<'s> Exact<'s> {
+    fn of(span: &'s Span) -> Exact<'s> {
+        let mut exact = Exact::default();
+        for kv in &span.attributes {
+            if !kv.key.starts_with(encoding::OWN_PREFIX) {
+                continue;
+            }
+            let value = kv.value.as_ref().and_then(|v| v.value.as_ref());
+            if let Some(key) = kv.key.strip_prefix(encoding::ENCODING_PREFIX) {
+                if matches!(value, Some(Value::StringValue(e)) if e.eq_ignore_ascii_case("base64"))
+                {
+                    exact.base64.push(key);
+                }
+            } else if let Some(key) = kv.key.strip_prefix(encoding::LINES_PREFIX) {
+                if let Some(Value::ArrayValue(a)) = value {
+                    exact.lines.push((key, a));
+                }
+            }
+        }
+        exact
+    }
+
+    /// The lines of header attribute `key` (lower-case header `name`).
+    fn header_lines(&self, key: &str, name: &str, v: &Value) -> Result<Vec<Vec<u8>>, DecodeError> {
+        if let Some((_, a)) = self.lines.iter().find(|(k, _)| *k == key) {
+            return array_lines(key, a);
+        }
+        match v {
+            Value::StringValue(s) if self.base64.contains(&key) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_err(|e| {
+                        DecodeError(format!("attribute `{key}` is not valid base64: {e}"))
+                    })?;
+                Ok(encoding::split(name, bytes))
+            }
+            Value::StringValue(s) => Ok(encoding::split(name, s.as_bytes().to_vec())),
+            Value::ArrayValue(a) => array_lines(key, a),
+            other => Ok(vec![scalar_text(key, other)?]),
+        }
     }
 }
 
-fn body_of(span: &Span, key: &str) -> Result<Vec<u8>, DecodeError> {
+fn first<'h>(headers: &'h HeaderValues, name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.first())
+        .map(Vec::as_slice)
+}
+
+fn first_text(headers: &HeaderValues, name: &str) -> Option<String> {
+    first(headers, name).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A body attribute read back by [`encoding::read_body`]: decoded when marked base64, or when
+/// its message's content type is not textual and the text is strict base64.
+fn body_of(span: &Span, key: &str, headers: &HeaderValues) -> Result<Vec<u8>, DecodeError> {
     let encoding_key = format!("{key}{ENCODING_SUFFIX}");
-    let base64 = match span.attr(&encoding_key) {
+    let marked = match span.attr(&encoding_key) {
         None => false,
         Some(Value::StringValue(e)) if e.eq_ignore_ascii_case("base64") => true,
         Some(Value::StringValue(e)) if e.is_empty() || e.eq_ignore_ascii_case("utf-8") => false,
@@ -401,10 +514,14 @@ fn body_of(span: &Span, key: &str) -> Result<Vec<u8>, DecodeError> {
     };
     match span.attr(key) {
         None => Ok(Vec::new()),
-        Some(Value::StringValue(s)) if base64 => base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .map_err(|e| DecodeError(format!("attribute `{key}` is not valid base64: {e}"))),
-        Some(Value::StringValue(s)) => Ok(s.as_bytes().to_vec()),
+        Some(Value::StringValue(s)) => {
+            let textual = encoding::is_textual(
+                first(headers, "content-type"),
+                first(headers, "content-encoding"),
+            );
+            encoding::read_body(s, marked, textual)
+                .map_err(|e| DecodeError(format!("attribute `{key}` is {e}")))
+        }
         Some(Value::BytesValue(b)) => Ok(b.clone()),
         Some(_) => err(format!("attribute `{key}` must be a string or bytes")),
     }
@@ -418,18 +535,21 @@ fn string_attr(span: &Span, key: &str) -> Option<String> {
     }
 }
 
-/// Reads the HTTP exchange out of one span.
+/// Reads the HTTP exchange out of one span, as written by our filter or by the real agents:
+/// method, path and host fall back to the `:method`, `:path` and `:authority` header attributes
+/// (the agents send no `http.request.method`), the status to `:status`, and bodies and header
+/// values are read by the rules of [`crate::encoding`].
 pub fn read_span(resource: &ResourceSpans, span: &Span) -> Result<HttpSpan, DecodeError> {
+    let exact = Exact::of(span);
     let mut out = HttpSpan {
         span_type: string_attr(span, ATTR_SPAN_TYPE),
-        session_id: string_attr(span, ATTR_SESSION_ID),
+        session_id: string_attr(span, ATTR_SESSION_ID).filter(|s| !s.is_empty()),
         service_name: string_attr(span, ATTR_SERVICE_NAME)
             .or_else(|| resource.resource_str("service.name").map(str::to_owned)),
         direction: string_attr(span, ATTR_DIRECTION),
         method: string_attr(span, ATTR_METHOD),
         host: string_attr(span, ATTR_HOST),
         path: string_attr(span, ATTR_PATH),
-        request_body: body_of(span, REQUEST_BODY)?,
         ..HttpSpan::default()
     };
     let mut response: Option<SpanResponse> = None;
@@ -438,13 +558,16 @@ pub fn read_span(resource: &ResourceSpans, span: &Span) -> Result<HttpSpan, Deco
             continue;
         };
         if let Some(name) = kv.key.strip_prefix(REQUEST_HEADER_PREFIX) {
-            out.request_headers
-                .push((name.to_ascii_lowercase(), header_values(&kv.key, value)?));
+            let name = name.to_ascii_lowercase();
+            let lines = exact.header_lines(&kv.key, &name, value)?;
+            out.request_headers.push((name, lines));
         } else if let Some(name) = kv.key.strip_prefix(RESPONSE_HEADER_PREFIX) {
+            let name = name.to_ascii_lowercase();
+            let lines = exact.header_lines(&kv.key, &name, value)?;
             response
                 .get_or_insert_with(SpanResponse::default)
                 .headers
-                .push((name.to_ascii_lowercase(), header_values(&kv.key, value)?));
+                .push((name, lines));
         } else if kv.key == RESPONSE_STATUS {
             let status = match value {
                 Value::IntValue(i) => *i,
@@ -458,8 +581,21 @@ pub fn read_span(resource: &ResourceSpans, span: &Span) -> Result<HttpSpan, Deco
             response.get_or_insert_with(SpanResponse::default);
         }
     }
+    let h = &out.request_headers;
+    let method = out.method.take().or_else(|| first_text(h, ":method"));
+    let path = out.path.take().or_else(|| first_text(h, ":path"));
+    let host = (out.host.take())
+        .or_else(|| first_text(h, ":authority"))
+        .or_else(|| first_text(h, "host"));
+    out.method = method.filter(|m| !m.is_empty());
+    out.path = path.filter(|p| !p.is_empty());
+    out.host = host.filter(|h| !h.is_empty());
+    out.request_body = body_of(span, REQUEST_BODY, &out.request_headers)?;
     if let Some(r) = response.as_mut() {
-        r.body = body_of(span, RESPONSE_BODY)?;
+        if r.status.is_none() {
+            r.status = first_text(&r.headers, ":status").and_then(|s| s.trim().parse().ok());
+        }
+        r.body = body_of(span, RESPONSE_BODY, &r.headers)?;
     }
     out.response = response;
     Ok(out)
@@ -490,8 +626,13 @@ impl std::fmt::Display for AnswerError {
 
 impl std::error::Error for AnswerError {}
 
-/// Decodes a 200 `/v1/inject` answer into the response to serve, sanitized as the contract says.
-pub fn decode_answer(body: &[u8], format: Format) -> Result<Response, AnswerError> {
+/// Decodes a 200 `/v1/inject` answer into the response to serve, sanitized as the contract says;
+/// `redactor` names the headers whose hashed values ([`redacted`]) are never served.
+pub fn decode_answer(
+    body: &[u8],
+    format: Format,
+    redactor: &Redactor,
+) -> Result<Response, AnswerError> {
     let traces = decode_traces(body, format).map_err(|e| AnswerError::Undecodable(e.0))?;
     for (rs, span) in traces.spans() {
         let has_response = span
@@ -503,19 +644,21 @@ pub fn decode_answer(body: &[u8], format: Format) -> Result<Response, AnswerErro
         }
         let read = read_span(rs, span).map_err(|e| AnswerError::Undecodable(e.0))?;
         let recorded = read.response.unwrap_or_default();
-        return sanitize(recorded);
+        return sanitize(recorded, redactor);
     }
     Err(AnswerError::NoResponse)
 }
 
-/// Applies the contract's rules for injected responses.
-pub fn sanitize(recorded: SpanResponse) -> Result<Response, AnswerError> {
+/// Applies the contract's rules for injected responses. A header of a sensitive name (in
+/// `redactor` or the default list) whose value is a hash our redaction made is dropped: a hit
+/// never serves `set-cookie: sha256:...` as if it were the secret.
+pub fn sanitize(recorded: SpanResponse, redactor: &Redactor) -> Result<Response, AnswerError> {
     let status = recorded.status.unwrap_or(200);
     let status = match u16::try_from(status) {
-        Ok(s) if (100..=599).contains(&s) => s,
+        Ok(s) if (200..=599).contains(&s) => s,
         _ => {
             return Err(AnswerError::Rejected(format!(
-                "status {status} is outside 100-599"
+                "status {status} is outside 200-599"
             )))
         }
     };
@@ -529,7 +672,12 @@ pub fn sanitize(recorded: SpanResponse) -> Result<Response, AnswerError> {
                 "header name {name:?} is not an RFC 9110 token"
             )));
         }
+        let sensitive =
+            redactor.is_redacted(&name) || crate::config::DEFAULT_REDACT.contains(&name.as_str());
         for value in values {
+            if sensitive && encoding::is_redacted_value(&value) {
+                continue;
+            }
             if !http::is_safe_value(&value) {
                 return Err(AnswerError::Rejected(format!(
                     "header `{name}` has a value with CR, LF or NUL"

@@ -17,6 +17,9 @@ pub enum Mode {
     RecordOnly,
     /// Look up; never record.
     InjectOnly,
+    /// Never look up, never record: only carry the session into `tracestate`
+    /// (`propagate_session`), e.g. on the inbound side of a workload.
+    PropagateOnly,
     /// Pass everything through untouched.
     Off,
 }
@@ -42,6 +45,35 @@ pub enum RequestMode {
     HoldHeaders,
 }
 
+/// What happens to a deliberate error answer of the backend: a `/v1/inject` answered with an
+/// error status and a JSON `{"error": ...}` body for a request with a session (a Softprobe
+/// `error` rule, or its strict policy blocking an unmocked call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnErrorAnswer {
+    /// Fail open: the request goes upstream unchanged (counted as `lookup_errors_answer`).
+    PassThrough,
+    /// Hand the answer (its status and body) to the caller, as Softprobe's strict mode expects.
+    Serve,
+}
+
+/// Where the session id of a request is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionSource {
+    /// A request header (lower-case name).
+    Header(String),
+    /// An entry of the W3C `tracestate` header (lower-case key).
+    Tracestate(String),
+}
+
+impl std::fmt::Display for SessionSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionSource::Header(h) => write!(f, "header:{h}"),
+            SessionSource::Tracestate(k) => write!(f, "tracestate:{k}"),
+        }
+    }
+}
+
 /// What happens when the lookup fails (timeout, bad status, undecodable answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnBackendError {
@@ -60,7 +92,8 @@ pub struct Backend {
     pub authority: String,
     pub inject_path: String,
     pub traces_path: String,
-    /// Header that carries `api_key`.
+    /// Header that carries `api_key`: `authorization` carries `Bearer <api_key>`, any other
+    /// header the key as it is.
     pub auth_header: String,
     pub api_key: Option<String>,
     pub lookup_timeout_ms: u64,
@@ -74,7 +107,15 @@ pub struct Config {
     pub backend: Backend,
     pub service_name: Option<String>,
     pub traffic_direction: Direction,
-    pub session_id_headers: Vec<String>,
+    /// Where the session id is read from, first match wins.
+    pub session_sources: Vec<SessionSource>,
+    /// Lookups and records only for requests with a session (what the Softprobe runtime expects);
+    /// requests without one pass through with no backend call.
+    pub require_session: bool,
+    /// Write the session into the forwarded request's `tracestate` (and create a `traceparent`
+    /// when there is none), so the app's trace propagation carries it to its outbound calls.
+    pub propagate_session: bool,
+    pub on_error_answer: OnErrorAnswer,
     pub recordable_statuses: Vec<u16>,
     pub max_request_body_bytes: usize,
     pub max_response_body_bytes: usize,
@@ -92,6 +133,22 @@ pub struct Config {
 
 /// Default of [`Config::verdict_header`].
 pub const DEFAULT_VERDICT_HEADER: &str = "x-softprobe-cache-verdict";
+
+/// The session header of the Softprobe spec, and its `tracestate` key.
+pub const SESSION_HEADER: &str = "x-softprobe-session-id";
+/// The older session header (and `tracestate` key) the Softprobe agents still accept.
+pub const LEGACY_SESSION_HEADER: &str = "x-sp-session-id";
+
+/// Default of [`Config::session_sources`]: the spec's header, its `tracestate` entry, then the
+/// older name in both places.
+pub fn default_session_sources() -> Vec<SessionSource> {
+    vec![
+        SessionSource::Header(SESSION_HEADER.into()),
+        SessionSource::Tracestate(SESSION_HEADER.into()),
+        SessionSource::Header(LEGACY_SESSION_HEADER.into()),
+        SessionSource::Tracestate(LEGACY_SESSION_HEADER.into()),
+    ]
+}
 
 /// Default redacted headers.
 pub const DEFAULT_REDACT: &[&str] = &[
@@ -119,14 +176,17 @@ impl Default for Config {
                 authority: "o.softprobe.ai".into(),
                 inject_path: "/v1/inject".into(),
                 traces_path: "/v1/traces".into(),
-                auth_header: "x-public-key".into(),
+                auth_header: "authorization".into(),
                 api_key: None,
                 lookup_timeout_ms: 500,
                 record_timeout_ms: 5000,
             },
             service_name: None,
             traffic_direction: Direction::Outbound,
-            session_id_headers: vec!["x-sp-session-id".into()],
+            session_sources: default_session_sources(),
+            require_session: false,
+            propagate_session: false,
+            on_error_answer: OnErrorAnswer::PassThrough,
             recordable_statuses: vec![200],
             max_request_body_bytes: 256 * 1024,
             max_response_body_bytes: 1024 * 1024,
@@ -164,7 +224,10 @@ const TOP_KEYS: &[&str] = &[
     "backend",
     "service_name",
     "traffic_direction",
-    "session_id_headers",
+    "session_id_sources",
+    "require_session",
+    "propagate_session",
+    "on_error_answer",
     "recordable_statuses",
     "max_request_body_bytes",
     "max_response_body_bytes",
@@ -194,6 +257,13 @@ const RULES_KEYS: &[&str] = &[
     "exclude_paths",
     "exempt_otlp_paths",
 ];
+
+/// Keys that were renamed: old name, new name, how to write the new one.
+const RENAMED: &[(&str, &str, &str)] = &[(
+    "session_id_headers",
+    "session_id_sources",
+    "list each header as \"header:<name>\", and tracestate entries as \"tracestate:<key>\"",
+)];
 
 /// Walks one JSON object, remembering which keys were read so the rest can be reported.
 struct Obj<'a> {
@@ -233,7 +303,9 @@ impl<'a> Obj<'a> {
         for key in map.keys() {
             if !known.contains(&key.as_str()) {
                 let mut message = format!("unknown config key `{}`", obj.key(key));
-                if let Some(s) = suggest(key, known) {
+                if let Some((_, to, how)) = RENAMED.iter().find(|(from, ..)| from == key) {
+                    message.push_str(&format!("; it was replaced by `{}` ({how})", obj.key(to)));
+                } else if let Some(s) = suggest(key, known) {
                     message.push_str(&format!("; did you mean `{}`?", obj.key(s)));
                 } else {
                     message.push_str(&format!("; known keys here: {}", known.join(", ")));
@@ -350,6 +422,45 @@ impl<'a> Obj<'a> {
             .map(Some)
     }
 
+    fn session_sources(&self, k: &str) -> Result<Option<Vec<SessionSource>>, ConfigError> {
+        let Some(items) = self.strings(k)? else {
+            return Ok(None);
+        };
+        if items.is_empty() {
+            return Err(self.err(
+                k,
+                "must name at least one source, e.g. \"header:x-softprobe-session-id\"",
+            ));
+        }
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let key = format!("{k}[{i}]");
+                let (kind, name) = item.split_once(':').unwrap_or(("", item));
+                let name = name.trim();
+                match kind.trim() {
+                    "header" if crate::http::is_token(name.as_bytes()) => {
+                        Ok(SessionSource::Header(name.to_ascii_lowercase()))
+                    }
+                    "tracestate" if crate::trace::is_tracestate_key(name.as_bytes()) => {
+                        Ok(SessionSource::Tracestate(name.to_string()))
+                    }
+                    "header" => Err(self.err(&key, format!("{name:?} is not a valid header name"))),
+                    "tracestate" => Err(self.err(
+                        &key,
+                        format!("{name:?} is not a W3C tracestate key (lower-case letters, digits, `_-*/`)"),
+                    )),
+                    _ => Err(self.err(
+                        &key,
+                        format!("{item:?} must be \"header:<name>\" or \"tracestate:<key>\""),
+                    )),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
     fn patterns(&self, k: &str) -> Result<Vec<Pattern>, ConfigError> {
         let Some(items) = self.strings(k)? else {
             return Ok(Vec::new());
@@ -427,6 +538,7 @@ impl Config {
                 ("record_and_inject", Mode::RecordAndInject),
                 ("record_only", Mode::RecordOnly),
                 ("inject_only", Mode::InjectOnly),
+                ("propagate_only", Mode::PropagateOnly),
                 ("off", Mode::Off),
             ],
         )? {
@@ -453,8 +565,34 @@ impl Config {
         )? {
             c.traffic_direction = d;
         }
-        if let Some(h) = top.header_names("session_id_headers")? {
-            c.session_id_headers = h;
+        if let Some(sources) = top.session_sources("session_id_sources")? {
+            c.session_sources = sources;
+        }
+        if let Some(b) = top.bool("require_session")? {
+            c.require_session = b;
+        }
+        c.propagate_session = top
+            .bool("propagate_session")?
+            .unwrap_or(c.traffic_direction == Direction::Inbound);
+        if c.propagate_session
+            && !c
+                .session_sources
+                .iter()
+                .any(|s| matches!(s, SessionSource::Tracestate(_)))
+        {
+            return Err(top.err(
+                "propagate_session",
+                "needs a `tracestate:<key>` entry in `session_id_sources` (the key it writes)",
+            ));
+        }
+        if let Some(m) = top.choice(
+            "on_error_answer",
+            &[
+                ("pass_through", OnErrorAnswer::PassThrough),
+                ("serve", OnErrorAnswer::Serve),
+            ],
+        )? {
+            c.on_error_answer = m;
         }
         if let Some(v) = top.get("recordable_statuses") {
             c.recordable_statuses = read_statuses(&top, v)?;

@@ -120,8 +120,13 @@ pub enum Backend {
         #[serde(default)]
         json: bool,
     },
-    /// 200 with this exact body (hand-made answers).
-    Answer { content_type: String, body: Bytes },
+    /// This exact answer (hand-made answers; status 200 unless given).
+    Answer {
+        #[serde(default = "ok")]
+        status: u16,
+        content_type: String,
+        body: Bytes,
+    },
     /// This status with an empty body.
     Status { status: u16 },
     /// 200 with a body that is not OTLP.
@@ -130,6 +135,10 @@ pub enum Backend {
     Timeout,
     /// The backend's port refuses connections.
     Refused,
+}
+
+fn ok() -> u16 {
+    200
 }
 
 /// A recorded response, as a backend returns it on a hit.
@@ -188,6 +197,13 @@ pub struct Expect {
     pub client: ClientExpect,
     /// Whether the upstream received (and answered) the complete request, byte for byte.
     pub upstream_called: bool,
+    /// Request headers the upstream must receive with exactly these values, in place of the
+    /// client's headers of the same names (the filter's own edits, e.g. `tracestate`).
+    #[serde(default)]
+    pub upstream_headers: Vec<(String, Bytes)>,
+    /// Request headers the upstream must receive with any value (e.g. a created `traceparent`).
+    #[serde(default)]
+    pub upstream_present: Vec<String>,
     /// The inject span the backend received; `null`: no lookup.
     pub inject: Option<SpanExpect>,
     /// The extract span the backend received; `null`: no record.
@@ -355,7 +371,11 @@ pub fn backend_answer(b: &Backend) -> Option<(u16, String, Vec<u8>)> {
                 Some((200, "application/x-protobuf".into(), proto))
             }
         }
-        Backend::Answer { content_type, body } => Some((200, content_type.clone(), body.to_vec())),
+        Backend::Answer {
+            status,
+            content_type,
+            body,
+        } => Some((*status, content_type.clone(), body.to_vec())),
         Backend::Status { status } => Some((*status, String::new(), Vec::new())),
         Backend::Undecodable => Some((
             200,
@@ -389,6 +409,7 @@ pub fn replay(case: &Case, base_config: &Json) -> Result<Observed, String> {
         case,
         obs: Observed::default(),
         served: false,
+        edits: Vec::new(),
         headers_upstream: false,
         body_upstream: Vec::new(),
         complete_upstream: false,
@@ -409,6 +430,8 @@ struct Sim<'a> {
     case: &'a Case,
     obs: Observed,
     served: bool,
+    /// Request header edits the engine asked for (set, replacing the same names).
+    edits: Vec<Header>,
     headers_upstream: bool,
     body_upstream: Vec<u8>,
     complete_upstream: bool,
@@ -431,6 +454,7 @@ impl Sim<'_> {
         let mut held_headers = false;
         let mut held_body: Vec<u8> = Vec::new();
         let d = self.stream.on_request_headers(headers, chunks.is_empty());
+        self.edits = self.stream.take_request_header_edits();
         let mut pending = Some(d);
         let mut next_chunk = 0usize;
         while let Some(d) = pending.take() {
@@ -521,10 +545,15 @@ impl Sim<'_> {
 
     fn upstream(&mut self) {
         let req = &self.case.request;
+        let mut sent: Vec<Header> = req.engine_headers().into_iter().skip(4).collect();
+        for (name, value) in &self.edits {
+            sent.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            sent.push((name.clone(), value.clone()));
+        }
         self.obs.upstream = Some(UpstreamSaw {
             method: req.method.clone(),
             path: req.path.clone(),
-            headers: req.engine_headers().into_iter().skip(4).collect(),
+            headers: sent,
             body: std::mem::take(&mut self.body_upstream),
         });
         let up = &self.case.upstream;
@@ -789,9 +818,31 @@ pub fn verify(case: &Case, obs: &Observed) -> Vec<String> {
                     show(&body)
                 ));
             }
-            // Every client header arrives with its value, repeated headers in their order.
+            for (name, value) in &e.upstream_headers {
+                let value = value.to_vec();
+                let got: Vec<&[u8]> = find(&up.headers, name).collect();
+                if got != [value.as_slice()] {
+                    let got: Vec<String> = got.into_iter().map(show).collect();
+                    errors.push(format!(
+                        "upstream: header `{name}`: expected {}, got {got:?}",
+                        show(&value)
+                    ));
+                }
+            }
+            for name in &e.upstream_present {
+                if find(&up.headers, name).next().is_none() {
+                    errors.push(format!("upstream: header `{name}` missing"));
+                }
+            }
+            // Every client header arrives with its value, repeated headers in their order
+            // (but those the filter itself sets, checked above).
             let mut rest = up.headers.as_slice();
-            for (name, value) in &req.headers {
+            let replaced = |n: &str| {
+                e.upstream_headers
+                    .iter()
+                    .any(|(r, _)| r.eq_ignore_ascii_case(n))
+            };
+            for (name, value) in req.headers.iter().filter(|(n, _)| !replaced(n)) {
                 let value = value.to_vec();
                 match rest
                     .iter()

@@ -37,6 +37,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod encoding;
 pub mod engine;
 pub mod golden;
 pub mod http;

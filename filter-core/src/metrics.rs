@@ -28,6 +28,10 @@ pub enum Bypass {
     ResponseTooLarge,
     /// The upstream status is not in `recordable_statuses` (not recorded).
     Status,
+    /// `require_session` is on and the request carries no session.
+    NoSession,
+    /// `mode: propagate_only`: the session was carried on, nothing looked up or recorded.
+    PropagateOnly,
 }
 
 /// Why a lookup failed (each fails open unless `on_backend_error: fail`).
@@ -43,6 +47,9 @@ pub enum LookupFailure {
     Undecodable,
     /// A readable answer that breaks the injected-response rules.
     Rejected,
+    /// A deliberate error answer of the backend (JSON `{"error": ...}`), not served because
+    /// `on_error_answer` is `pass_through` or the request has no session.
+    ErrorAnswer,
 }
 
 macro_rules! counters {
@@ -78,6 +85,9 @@ counters! {
     LookupErrorStatus => "lookup_errors_status", "Lookups answered with a status other than 200 or 404.";
     LookupErrorUndecodable => "lookup_errors_undecodable", "Lookups answered 200 with an unreadable body.";
     LookupErrorRejected => "lookup_errors_rejected", "Recorded responses rejected by the sanitizing rules.";
+    LookupErrorAnswer => "lookup_errors_answer", "Deliberate error answers of the backend passed through (on_error_answer: pass_through).";
+    Blocked => "blocked", "Deliberate error answers of the backend handed to the caller (on_error_answer: serve).";
+    SessionsPropagated => "sessions_propagated", "Requests whose session was written into the forwarded tracestate.";
     RecordsSent => "records_sent", "Records accepted by the backend (2xx).";
     RecordFailures => "record_failures", "Records refused by the backend or lost in transit.";
     RecordsDropped => "records_dropped", "Records dropped before sending (queue full).";
@@ -92,6 +102,8 @@ counters! {
     BypassRequestTooLarge => "bypass_request_too_large", "Requests whose body exceeded max_request_body_bytes.";
     BypassResponseTooLarge => "bypass_response_too_large", "Responses not recorded: body exceeded max_response_body_bytes.";
     BypassStatus => "bypass_status", "Responses not recorded: status not recordable.";
+    BypassNoSession => "bypass_no_session", "Requests passed through without a backend call: no session (require_session).";
+    BypassPropagateOnly => "bypass_propagate_only", "Requests passed through by mode propagate_only.";
     BytesBuffered => "bytes_buffered", "Body bytes buffered by the filter.";
 }
 
@@ -109,6 +121,8 @@ impl From<Bypass> for Counter {
             Bypass::RequestTooLarge => Counter::BypassRequestTooLarge,
             Bypass::ResponseTooLarge => Counter::BypassResponseTooLarge,
             Bypass::Status => Counter::BypassStatus,
+            Bypass::NoSession => Counter::BypassNoSession,
+            Bypass::PropagateOnly => Counter::BypassPropagateOnly,
         }
     }
 }
@@ -121,6 +135,7 @@ impl From<LookupFailure> for Counter {
             LookupFailure::Status => Counter::LookupErrorStatus,
             LookupFailure::Undecodable => Counter::LookupErrorUndecodable,
             LookupFailure::Rejected => Counter::LookupErrorRejected,
+            LookupFailure::ErrorAnswer => Counter::LookupErrorAnswer,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! W3C trace context: the caller's `traceparent` makes our spans its children, and `tracestate`
-//! may carry the Softprobe session id (`x-sp-session-id=<id>`).
+//! may carry the Softprobe session id (`x-softprobe-session-id=<id>`, or the older
+//! `x-sp-session-id=<id>`). On the inbound side the filter writes that entry itself
+//! ([`propagate`]).
 
 use crate::http::{self, Header};
 
@@ -56,19 +58,181 @@ pub fn parent(headers: &[Header]) -> Option<Parent> {
     })
 }
 
-/// The key of the Softprobe session entry in `tracestate`.
-pub const SESSION_TRACESTATE_KEY: &[u8] = b"x-sp-session-id";
+/// A W3C `tracestate` key: a lower-case letter then up to 255 of `a-z 0-9 _ - * /`, or the
+/// multi-tenant form `tenant@system`.
+pub fn is_tracestate_key(key: &[u8]) -> bool {
+    let simple = |k: &[u8], first_digit_ok: bool| {
+        (1..=256).contains(&k.len())
+            && k.first()
+                .is_some_and(|b| b.is_ascii_lowercase() || (first_digit_ok && b.is_ascii_digit()))
+            && k.iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-*/".contains(&b))
+    };
+    match key.iter().position(|&b| b == b'@') {
+        None => simple(key, false),
+        Some(at) => {
+            let (tenant, system) = key.split_at(at);
+            let system = system.get(1..).unwrap_or_default();
+            simple(tenant, true)
+                && tenant.len() <= 241
+                && simple(system, false)
+                && system.len() <= 14
+        }
+    }
+}
 
-/// The session id carried in `tracestate`, if any.
-pub fn session_from_tracestate(headers: &[Header]) -> Option<Vec<u8>> {
+/// A W3C `tracestate` value: 1-256 printable ASCII characters but `,` and `=`, not ending in a
+/// space.
+pub fn is_tracestate_value(value: &[u8]) -> bool {
+    (1..=256).contains(&value.len())
+        && value
+            .iter()
+            .all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
+        && value.last() != Some(&b' ')
+}
+
+/// The entries of every `tracestate` line, in order, trimmed, empty ones left out.
+fn entries(headers: &[Header]) -> impl Iterator<Item = &[u8]> {
     headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(b"tracestate"))
         .flat_map(|(_, v)| v.split(|&b| b == b','))
-        .find_map(|entry| {
-            let (key, value) = entry.split_at(entry.iter().position(|&b| b == b'=')?);
-            let value = value.get(1..)?.trim_ascii();
-            (key.trim_ascii() == SESSION_TRACESTATE_KEY && !value.is_empty())
-                .then(|| value.to_vec())
-        })
+        .map(<[u8]>::trim_ascii)
+        .filter(|e| !e.is_empty())
+}
+
+fn entry_key(entry: &[u8]) -> &[u8] {
+    let end = entry.iter().position(|&b| b == b'=').unwrap_or(entry.len());
+    entry.get(..end).unwrap_or_default().trim_ascii()
+}
+
+/// The value of the `tracestate` entry `key`, if any and not empty.
+pub fn tracestate_entry(headers: &[Header], key: &str) -> Option<Vec<u8>> {
+    entries(headers).find_map(|entry| {
+        let at = entry.iter().position(|&b| b == b'=')?;
+        let value = entry.get(at + 1..)?.trim_ascii();
+        (entry_key(entry) == key.as_bytes() && !value.is_empty()).then(|| value.to_vec())
+    })
+}
+
+/// At most this many `tracestate` entries (W3C): the rightmost are dropped beyond it.
+const MAX_ENTRIES: usize = 32;
+
+/// The request headers to set so that the forwarded request carries `session` in its
+/// `tracestate` entry `key`: `tracestate` with that entry first (W3C: an updated entry moves to
+/// the left) and every other entry kept, and a new `traceparent` (from `new_ids`: trace id, span
+/// id) when there is no valid one. Empty when the entry is already there with that value, or
+/// when `session` cannot be a `tracestate` value.
+pub fn propagate(
+    headers: &[Header],
+    key: &str,
+    session: &[u8],
+    new_ids: impl FnOnce() -> ([u8; 16], [u8; 8]),
+) -> Vec<Header> {
+    if !is_tracestate_value(session) || tracestate_entry(headers, key).as_deref() == Some(session) {
+        return Vec::new();
+    }
+    let mut value = Vec::with_capacity(key.len() + 1 + session.len());
+    value.extend_from_slice(key.as_bytes());
+    value.push(b'=');
+    value.extend_from_slice(session);
+    for entry in entries(headers)
+        .filter(|e| entry_key(e) != key.as_bytes())
+        .take(MAX_ENTRIES - 1)
+    {
+        value.push(b',');
+        value.extend_from_slice(entry);
+    }
+    let mut edits = vec![(b"tracestate".to_vec(), value)];
+    if parent(headers).is_none() {
+        let (trace_id, span_id) = new_ids();
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let tp = format!("00-{}-{}-01", hex(&trace_id), hex(&span_id));
+        edits.push((b"traceparent".to_vec(), tp.into_bytes()));
+    }
+    edits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<Header> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn entries_are_found_by_key() {
+        let headers = h(&[
+            ("tracestate", "congo=t61, x-softprobe-session-id=s1"),
+            ("tracestate", "x-sp-session-id=s2"),
+        ]);
+        assert_eq!(
+            tracestate_entry(&headers, "x-softprobe-session-id").unwrap(),
+            b"s1"
+        );
+        assert_eq!(
+            tracestate_entry(&headers, "x-sp-session-id").unwrap(),
+            b"s2"
+        );
+        assert_eq!(tracestate_entry(&headers, "congo").unwrap(), b"t61");
+        assert!(tracestate_entry(&headers, "rojo").is_none());
+        assert!(tracestate_entry(&h(&[("tracestate", "k=")]), "k").is_none());
+    }
+
+    #[test]
+    fn propagation_prepends_and_keeps_the_rest() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let headers = h(&[
+            ("traceparent", tp),
+            ("tracestate", "congo=t61,x-softprobe-session-id=old"),
+        ]);
+        let edits = propagate(&headers, "x-softprobe-session-id", b"s1", || unreachable!());
+        assert_eq!(
+            edits,
+            h(&[("tracestate", "x-softprobe-session-id=s1,congo=t61")])
+        );
+        // Already there: nothing to do.
+        let headers = h(&[
+            ("traceparent", tp),
+            ("tracestate", "x-softprobe-session-id=s1"),
+        ]);
+        assert!(propagate(&headers, "x-softprobe-session-id", b"s1", || unreachable!()).is_empty());
+        // A value tracestate cannot hold is not written.
+        assert!(propagate(&[], "x-softprobe-session-id", b"a,b", || unreachable!()).is_empty());
+    }
+
+    #[test]
+    fn propagation_creates_a_traceparent_when_none_is_valid() {
+        let edits = propagate(&h(&[("traceparent", "garbage")]), "k", b"s", || {
+            ([0xab; 16], [0xcd; 8])
+        });
+        assert_eq!(
+            edits,
+            h(&[
+                ("tracestate", "k=s"),
+                (
+                    "traceparent",
+                    "00-abababababababababababababababab-cdcdcdcdcdcdcdcd-01"
+                ),
+            ])
+        );
+        assert!(parent(&edits).is_some());
+    }
+
+    #[test]
+    fn keys_and_values_follow_w3c() {
+        assert!(is_tracestate_key(b"x-softprobe-session-id"));
+        assert!(is_tracestate_key(b"tenant1@vendor"));
+        assert!(!is_tracestate_key(b"X-Upper"));
+        assert!(!is_tracestate_key(b""));
+        assert!(!is_tracestate_key(b"1abc"));
+        assert!(is_tracestate_value(b"sess-1"));
+        assert!(!is_tracestate_value(b"a=b"));
+        assert!(!is_tracestate_value(b"trailing "));
+        assert!(!is_tracestate_value(b""));
+    }
 }

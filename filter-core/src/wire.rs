@@ -16,9 +16,9 @@ pub enum Val<'a> {
     /// `string_value`.
     Str(Cow<'a, str>),
     /// `string_value` holding the standard base64 encoding of these bytes.
-    Base64(&'a [u8]),
+    Base64(Cow<'a, [u8]>),
     /// `bytes_value`.
-    Bytes(&'a [u8]),
+    Bytes(Cow<'a, [u8]>),
     /// `int_value`.
     Int(i64),
     /// `array_value`.
@@ -226,7 +226,7 @@ fn write_val(v: &Val<'_>, buf: &mut Vec<u8>) {
             if let Some(out) = buf.get_mut(start..) {
                 // The slice is exactly the encoded length, so this cannot fail; if it ever did the
                 // zero bytes left in place still make a well-formed (if wrong) message.
-                let _ = base64::engine::general_purpose::STANDARD.encode_slice(b, out);
+                let _ = base64::engine::general_purpose::STANDARD.encode_slice(b.as_ref(), out);
             }
         }
         Val::Array(vs) => {

@@ -74,13 +74,13 @@ proptest! {
 
     #[test]
     fn answer_decoder_never_panics_on_bytes(body in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = codec::decode_answer(&body, Format::Protobuf);
-        let _ = codec::decode_answer(&body, Format::Json);
+        let _ = codec::decode_answer(&body, Format::Protobuf, &Default::default());
+        let _ = codec::decode_answer(&body, Format::Json, &Default::default());
     }
 
     #[test]
     fn answer_decoder_never_panics_on_json(doc in json_value()) {
-        let _ = codec::decode_answer(doc.to_string().as_bytes(), Format::Json);
+        let _ = codec::decode_answer(doc.to_string().as_bytes(), Format::Json, &Default::default());
     }
 
     #[test]
@@ -102,7 +102,7 @@ proptest! {
             let i = i.index(body.len());
             if let Some(x) = body.get_mut(i) { *x = b; }
         }
-        let _ = codec::decode_answer(&body, Format::Protobuf);
+        let _ = codec::decode_answer(&body, Format::Protobuf, &Default::default());
     }
 
     /// Any headers, any chunking, any lookup outcome: no panic, and a held request is always

@@ -15,6 +15,10 @@ fn empty_input_means_defaults() {
         assert_eq!(c.recordable_statuses, vec![200]);
         assert_eq!(c.request_mode, RequestMode::StreamHeaders);
         assert_eq!(c.hit_header.as_deref(), Some("x-softprobe-cache"));
+        assert_eq!(c.backend.auth_header, "authorization");
+        assert_eq!(c.session_sources, crate::config::default_session_sources());
+        assert!(!c.require_session && !c.propagate_session);
+        assert_eq!(c.on_error_answer, OnErrorAnswer::PassThrough);
         assert_eq!(
             c.verdict_header.as_deref(),
             Some("x-softprobe-cache-verdict")
@@ -34,7 +38,10 @@ fn every_key_is_read() {
                     "lookup_timeout_ms": 50, "record_timeout_ms": 60},
         "service_name": "checkout",
         "traffic_direction": "inbound",
-        "session_id_headers": ["X-Session", "x-sp-session-id"],
+        "session_id_sources": ["header:X-Session", "tracestate:x-sp-session-id"],
+        "require_session": true,
+        "propagate_session": false,
+        "on_error_answer": "serve",
         "recordable_statuses": [200, 201],
         "max_request_body_bytes": 10,
         "max_response_body_bytes": 20,
@@ -61,7 +68,19 @@ fn every_key_is_read() {
     );
     assert_eq!(c.service_name.as_deref(), Some("checkout"));
     assert_eq!(c.traffic_direction, Direction::Inbound);
-    assert_eq!(c.session_id_headers, vec!["x-session", "x-sp-session-id"]);
+    assert_eq!(
+        c.session_sources,
+        vec![
+            SessionSource::Header("x-session".into()),
+            SessionSource::Tracestate("x-sp-session-id".into())
+        ]
+    );
+    assert!(c.require_session);
+    assert!(
+        !c.propagate_session,
+        "explicit false wins over the inbound default"
+    );
+    assert_eq!(c.on_error_answer, OnErrorAnswer::Serve);
     assert_eq!(c.recordable_statuses, vec![200, 201]);
     assert_eq!(
         (c.max_request_body_bytes, c.max_response_body_bytes),
@@ -116,13 +135,27 @@ fn wrong_types_say_what_is_expected() {
     let e = err(r#"{"mode": "cache"}"#);
     assert!(
         e.message
-            .contains("`record_and_inject`, `record_only`, `inject_only`, `off`"),
+            .contains("`record_and_inject`, `record_only`, `inject_only`, `propagate_only`, `off`"),
         "{e}"
     );
     let e = err(r#"{"recordable_statuses": [200, 99]}"#);
     assert_eq!(e.key, "recordable_statuses[1]");
-    let e = err(r#"{"session_id_headers": "x-id"}"#);
+    let e = err(r#"{"session_id_sources": "x-id"}"#);
     assert!(e.message.contains("expected an array of strings"), "{e}");
+    let e = err(r#"{"session_id_sources": ["x-id"]}"#);
+    assert_eq!(e.key, "session_id_sources[0]");
+    assert!(e.message.contains("\"header:<name>\""), "{e}");
+    let e = err(r#"{"session_id_sources": ["tracestate:Upper"]}"#);
+    assert!(e.message.contains("W3C tracestate key"), "{e}");
+    let e = err(r#"{"session_id_headers": ["x-id"]}"#);
+    assert!(
+        e.message.contains("replaced by `session_id_sources`"),
+        "{e}"
+    );
+    let e = err(r#"{"traffic_direction": "inbound", "session_id_sources": ["header:x-id"]}"#);
+    assert_eq!(e.key, "propagate_session");
+    let e = err(r#"{"on_error_answer": "block"}"#);
+    assert!(e.message.contains("`pass_through`, `serve`"), "{e}");
     let e = err(r#"{"rules": []}"#);
     assert_eq!(e.key, "rules");
     let e = err(r#"[1]"#);

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::codec::{self, Format, RequestView, ResponseView, SpanIds, SpanMeta};
-use crate::config::{Config, Mode, OnBackendError, RequestMode};
+use crate::config::{Config, Mode, OnBackendError, OnErrorAnswer, RequestMode, SessionSource};
 use crate::http::{self, Header, Response};
 use crate::metrics::{Bypass, Counter, LookupFailure, Metrics};
 use crate::trace;
@@ -201,7 +201,12 @@ impl Engine {
             headers.push(("accept".to_string(), "application/x-protobuf".to_string()));
         }
         if let Some(key) = &b.api_key {
-            headers.push((b.auth_header.clone(), key.clone()));
+            let value = if b.auth_header == "authorization" {
+                format!("Bearer {key}")
+            } else {
+                key.clone()
+            };
+            headers.push((b.auth_header.clone(), value));
         }
         Callout {
             cluster: b.cluster.clone(),
@@ -239,6 +244,7 @@ enum Outcome {
     Hit,
     Miss,
     Record,
+    Blocked,
     Bypass(Bypass),
     Error(LookupFailure),
 }
@@ -257,6 +263,8 @@ pub struct Stream {
     authority: Vec<u8>,
     path: Vec<u8>,
     session_id: Option<Vec<u8>>,
+    /// Request headers to set before the request goes on ([`Stream::take_request_header_edits`]).
+    header_edits: Vec<Header>,
     trace: SpanIds,
     body: Vec<u8>,
     /// After the lookup of a request to be recorded whose body is not UTF-8: the body's base64,
@@ -272,6 +280,37 @@ fn pseudo_or<'a>(headers: &'a [Header], pseudo: &str, fallback: &str) -> &'a [u8
     http::header(headers, pseudo)
         .or_else(|| http::header(headers, fallback))
         .unwrap_or_default()
+}
+
+/// The session id from the first source that has one.
+fn session_of(sources: &[SessionSource], headers: &[Header]) -> Option<Vec<u8>> {
+    sources.iter().find_map(|source| match source {
+        SessionSource::Header(name) => http::header(headers, name)
+            .map(<[u8]>::trim_ascii)
+            .filter(|v| !v.is_empty())
+            .map(<[u8]>::to_vec),
+        SessionSource::Tracestate(key) => trace::tracestate_entry(headers, key),
+    })
+}
+
+/// A deliberate error answer of the backend, as the Softprobe runtime gives one (an `error`
+/// rule, or the strict policy): an error status that is not about the call itself (not 404, a
+/// miss; not 401/403/407, a key problem), and a JSON object with an `error` member as the body.
+/// Envoy's own local replies (503/504 when the backend can't be reached) are plain text, so they
+/// stay faults, as do garbage and empty bodies.
+pub fn is_error_answer(status: u16, content_type: Option<&[u8]>, body: &[u8]) -> bool {
+    if !(400..=599).contains(&status) || matches!(status, 401 | 403 | 404 | 407) {
+        return false;
+    }
+    let json_type = content_type.is_none_or(|ct| {
+        let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
+        let media = ct.split(';').next().unwrap_or_default().trim().to_string();
+        media == "application/json" || media.ends_with("+json")
+    });
+    json_type
+        && serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .is_some_and(|v| v.get("error").is_some())
 }
 
 fn content_length(headers: &[Header]) -> Option<u64> {
@@ -294,6 +333,7 @@ impl Stream {
             authority: Vec::new(),
             path: Vec::new(),
             session_id: None,
+            header_edits: Vec::new(),
             trace: SpanIds::default(),
             body: Vec::new(),
             body_base64: None,
@@ -314,8 +354,22 @@ impl Stream {
         matches!(self.state, State::PassThrough | State::Done)
     }
 
+    /// Request headers the host sets (replacing any of the same name) before the request goes
+    /// on: the session written into `tracestate` (config `propagate_session`). Call it right
+    /// after [`Stream::on_request_headers`], whatever that returned: it is empty unless a session
+    /// is to be propagated, and empty after the first call.
+    pub fn take_request_header_edits(&mut self) -> Vec<Header> {
+        std::mem::take(&mut self.header_edits)
+    }
+
+    /// The session id of this request, once its headers arrived.
+    pub fn session_id(&self) -> Option<&[u8]> {
+        self.session_id.as_deref()
+    }
+
     /// What the cache did with this request, for access logs: `hit`, `miss`, `record` (went
-    /// upstream without a lookup, to be recorded), `bypass:<reason>` (e.g. `bypass:method`),
+    /// upstream without a lookup, to be recorded), `blocked` (a deliberate error answer of the
+    /// backend was served), `bypass:<reason>` (e.g. `bypass:method`),
     /// `error:<kind>` (e.g. `error:timeout`), or `pending` (no outcome yet). After a lookup, a
     /// bypass of the response (status, size) does not change the verdict; without one
     /// (`record_only`) it replaces `record`, saying why nothing was recorded.
@@ -325,6 +379,7 @@ impl Stream {
             Outcome::Hit => "hit".into(),
             Outcome::Miss => "miss".into(),
             Outcome::Record => "record".into(),
+            Outcome::Blocked => "blocked".into(),
             Outcome::Bypass(b) => {
                 let name = Counter::from(b).name();
                 format!("bypass:{}", name.strip_prefix("bypass_").unwrap_or(name)).into()
@@ -373,6 +428,29 @@ impl Stream {
         &self.engine.config
     }
 
+    /// Prepares the `tracestate` edit that carries this request's session on (config
+    /// `propagate_session`); true when one was made.
+    fn propagate(&mut self, headers: &[Header]) -> bool {
+        let (Some(session), true) = (&self.session_id, self.config().propagate_session) else {
+            return false;
+        };
+        let Some(key) = self.config().session_sources.iter().find_map(|s| match s {
+            SessionSource::Tracestate(k) => Some(k.as_str()),
+            SessionSource::Header(_) => None,
+        }) else {
+            return false;
+        };
+        let engine = &self.engine;
+        self.header_edits = trace::propagate(headers, key, session, || {
+            (engine.trace_id(), engine.span_id())
+        });
+        if self.header_edits.is_empty() {
+            return false;
+        }
+        self.engine.count(Counter::SessionsPropagated);
+        true
+    }
+
     /// The request headers arrived (pseudo-headers included, in order, values as bytes).
     pub fn on_request_headers(&mut self, headers: Vec<Header>, end_of_stream: bool) -> Decision {
         if self.state != State::Start {
@@ -382,6 +460,11 @@ impl Stream {
         let mode = self.config().mode;
         if mode == Mode::Off {
             return self.bypass(Bypass::ModeOff);
+        }
+        self.session_id = session_of(&self.config().session_sources, &headers);
+        let propagated = self.propagate(&headers);
+        if mode == Mode::PropagateOnly {
+            return self.bypass(Bypass::PropagateOnly);
         }
         let method = pseudo_or(&headers, ":method", ":method").to_ascii_uppercase();
         if method == b"CONNECT" || http::header(&headers, "upgrade").is_some() {
@@ -397,18 +480,20 @@ impl Stream {
         if let Err(why) = self.config().rules.check(&method, &authority, &path) {
             return self.bypass(why);
         }
+        if self.config().require_session && self.session_id.is_none() {
+            return self.bypass(Bypass::NoSession);
+        }
         let limit = self.config().max_request_body_bytes;
         if content_length(&headers).is_some_and(|n| n > limit as u64) {
             return self.bypass(Bypass::RequestTooLarge);
         }
-        self.session_id = self
-            .config()
-            .session_id_headers
-            .iter()
-            .find_map(|h| http::header(&headers, h))
-            .map(<[u8]>::to_vec)
-            .or_else(|| trace::session_from_tracestate(&headers));
-        self.trace = match trace::parent(&headers) {
+        // Our spans continue the caller's trace, or the one the propagation just started.
+        let parent = trace::parent(&headers).or_else(|| {
+            propagated
+                .then(|| trace::parent(&self.header_edits))
+                .flatten()
+        });
+        self.trace = match parent {
             Some(parent) => SpanIds {
                 trace_id: parent.trace_id,
                 span_id: [0; 8],
@@ -513,7 +598,7 @@ impl Stream {
         // here rather than in each span (base64 is most of the engine's work on a miss), and hold
         // only the encoding from now on.
         if self.record {
-            if let Some(b64) = codec::body_base64(&self.body) {
+            if let Some(b64) = codec::body_base64(&self.headers, &self.body) {
                 self.body = Vec::new();
                 self.body_base64 = Some(b64);
             }
@@ -544,7 +629,11 @@ impl Stream {
                 status: 200,
                 content_type,
                 body,
-            } => match codec::decode_answer(body, Format::from_content_type(content_type)) {
+            } => match codec::decode_answer(
+                body,
+                Format::from_content_type(content_type),
+                &self.config().redactor,
+            ) {
                 Ok(mut response) => {
                     self.engine.count(Counter::Hits);
                     self.outcome = Outcome::Hit;
@@ -562,6 +651,18 @@ impl Stream {
                 Err(codec::AnswerError::Rejected(_)) => LookupFailure::Rejected,
                 Err(_) => LookupFailure::Undecodable,
             },
+            LookupResult::Answer {
+                status,
+                content_type,
+                body,
+            } if is_error_answer(status, content_type, body) => {
+                if self.config().on_error_answer == OnErrorAnswer::Serve
+                    && self.session_id.is_some()
+                {
+                    return self.serve_error_answer(status, content_type, body);
+                }
+                LookupFailure::ErrorAnswer
+            }
             LookupResult::Answer { .. } => LookupFailure::Status,
             LookupResult::Failed(f) => f,
         };
@@ -578,6 +679,36 @@ impl Stream {
                 body: b"transparent-cache: the cache backend lookup failed\n".to_vec(),
             }),
         }
+    }
+
+    /// Hands a deliberate error answer of the backend to the caller, as it came.
+    fn serve_error_answer(
+        &mut self,
+        status: u16,
+        content_type: Option<&[u8]>,
+        body: &[u8],
+    ) -> Decision {
+        self.engine.count(Counter::Blocked);
+        self.outcome = Outcome::Blocked;
+        self.state = State::Done;
+        self.body = Vec::new();
+        self.body_base64 = None;
+        let content_type = content_type
+            .filter(|ct| http::is_safe_value(ct))
+            .unwrap_or(b"application/json");
+        let mut headers = vec![("content-type".to_string(), content_type.to_vec())];
+        if let Some(h) = &self.config().hit_header {
+            headers.push((h.clone(), b"blocked".to_vec()));
+        }
+        Decision::Serve(Response {
+            status,
+            headers,
+            body: if self.method == b"HEAD" {
+                Vec::new()
+            } else {
+                body.to_vec()
+            },
+        })
     }
 
     /// The upstream's response headers arrived.

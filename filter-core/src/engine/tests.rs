@@ -305,7 +305,7 @@ fn lookup_callout_asks_for_protobuf() {
     assert_eq!(c.header(":authority"), Some("backend.local"));
     assert_eq!(c.header("content-type"), Some("application/x-protobuf"));
     assert_eq!(c.header("accept"), Some("application/x-protobuf"));
-    assert_eq!(c.header("x-public-key"), None, "no key configured");
+    assert_eq!(c.header("authorization"), None, "no key configured");
 }
 
 fn recorded(config: &str) -> Callout {
@@ -323,14 +323,15 @@ fn record_callout_goes_to_the_traces_path_with_the_api_key() {
     assert_eq!(c.header(":method"), Some("POST"));
     assert_eq!(c.header(":path"), Some("/custom/traces"));
     assert_eq!(c.header("content-type"), Some("application/x-protobuf"));
-    assert_eq!(c.header("x-public-key"), Some("k-123"));
+    assert_eq!(c.header("authorization"), Some("Bearer k-123"));
     assert_eq!(c.header("accept"), None);
     assert_eq!(c.timeout_ms, 1234);
 
-    let c = recorded(r#"{"backend": {"api_key": "k-9", "auth_header": "authorization"}}"#);
+    // The older agents' header carries the key as it is.
+    let c = recorded(r#"{"backend": {"api_key": "k-9", "auth_header": "x-public-key"}}"#);
     assert_eq!(c.header(":path"), Some("/v1/traces"));
-    assert_eq!(c.header("authorization"), Some("k-9"));
-    assert_eq!(c.header("x-public-key"), None);
+    assert_eq!(c.header("x-public-key"), Some("k-9"));
+    assert_eq!(c.header("authorization"), None);
 }
 
 #[test]
@@ -452,7 +453,10 @@ fn a_binary_request_body_is_encoded_once_and_both_spans_carry_its_exact_bytes() 
 #[test]
 fn a_utf8_body_or_no_record_keeps_the_raw_body() {
     let (mut s, _) = stream(r#"{"mode": "record_and_inject"}"#);
-    s.on_request_headers(request("POST", "/upload", &[]), false);
+    s.on_request_headers(
+        request("POST", "/upload", &[("content-type", "application/json")]),
+        false,
+    );
     callout(s.on_request_body(b"{\"a\":1}", true));
     assert_eq!(s.body, b"{\"a\":1}");
     assert!(s.body_base64.is_none());
@@ -489,7 +493,7 @@ fn a_pre_encoded_request_body_writes_the_same_bytes_as_the_raw_body() {
         body: &body,
         body_base64: None,
     };
-    let b64 = codec::body_base64(&body).unwrap();
+    let b64 = codec::body_base64(&headers, &body).unwrap();
     let pre = RequestView {
         body: &[],
         body_base64: Some(&b64),
@@ -508,5 +512,10 @@ fn a_pre_encoded_request_body_writes_the_same_bytes_as_the_raw_body() {
         codec::encode_extract(&meta, &raw, &resp),
         codec::encode_extract(&meta, &pre, &resp)
     );
-    assert_eq!(codec::body_base64(b"text"), None);
+    let json = [(b"content-type".to_vec(), b"application/json".to_vec())];
+    assert_eq!(codec::body_base64(&json, b"{}"), None);
+    assert!(
+        codec::body_base64(&[], b"text").is_some(),
+        "no content type: binary, as the agents"
+    );
 }
