@@ -305,6 +305,16 @@ callbacks! {
         event_id: u64,
     );
 
+    /// Sets header `key` of a map (`header_type`) to `value`, replacing every line of that name.
+    /// Returns false when the map is not available in the current phase. Worker thread, during
+    /// an event of that stream.
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+
     /// Sets a string value in the stream's dynamic metadata under `namespace` / `key` (the
     /// namespace is created when missing). Worker thread, during an event of that stream. Some ABI
     /// versions return a bool, others nothing: declared without a return value (the C calling
@@ -615,6 +625,19 @@ impl EnvoyHttpFilter for EnvoyFilter {
         self.released = true;
         // SAFETY: `raw` is valid during this hook on this worker.
         unsafe { ffi::envoy_dynamic_module_callback_http_filter_continue_decoding(self.raw) }
+    }
+
+    fn set_request_header(&mut self, name: &[u8], value: &[u8]) -> bool {
+        // SAFETY: `raw` is valid during this hook on this worker; the buffers are alive for the
+        // call and Envoy copies them.
+        unsafe {
+            ffi::envoy_dynamic_module_callback_http_set_header(
+                self.raw,
+                HEADER_TYPE_REQUEST_HEADER,
+                ModuleBuffer::of(name),
+                ModuleBuffer::of(value),
+            )
+        }
     }
 
     fn set_dynamic_metadata_string(&mut self, namespace: &str, key: &str, value: &str) {

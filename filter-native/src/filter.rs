@@ -552,6 +552,17 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
     fn on_request_headers(&mut self, envoy: &mut EHF, end_of_stream: bool) -> HeadersStatus {
         let headers = envoy.request_headers();
         let d = self.stream.on_request_headers(headers, end_of_stream);
+        for (name, value) in self.stream.take_request_header_edits() {
+            if !envoy.set_request_header(&name, &value) {
+                crate::abi::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "transparent-cache: could not set the {} request header",
+                        String::from_utf8_lossy(&name)
+                    ),
+                );
+            }
+        }
         if self.request_event(envoy, d) {
             HeadersStatus::StopIteration
         } else {

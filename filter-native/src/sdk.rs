@@ -138,6 +138,9 @@ pub trait EnvoyHttpFilter {
     fn send_response_headers(&mut self, headers: &[HeaderRef<'_>]);
     /// Releases a request stopped earlier (headers and buffered body go on upstream).
     fn continue_decoding(&mut self);
+    /// Sets a request header, replacing every line of that name; only in the request-headers
+    /// hook (before the headers go upstream). False when Envoy refused it.
+    fn set_request_header(&mut self, name: &[u8], value: &[u8]) -> bool;
     /// Sets a string in the stream's dynamic metadata (`namespace` / `key`), where access logs
     /// (`%DYNAMIC_METADATA(namespace:key)%`) and tracers' `metadata` custom tags read it.
     fn set_dynamic_metadata_string(&mut self, namespace: &str, key: &str, value: &str);

@@ -79,6 +79,9 @@ pub struct Phases {
     pending: Option<Phase>,
     /// The request is a HEAD.
     head: bool,
+    /// Request headers the engine asked to set (the session in `tracestate`), sent with the
+    /// answer to the request headers.
+    edits: Vec<Header>,
     pub notes: Notes,
 }
 
@@ -155,6 +158,7 @@ impl Phases {
             raw_values: false,
             pending: None,
             head: false,
+            edits: Vec::new(),
             notes: Notes::default(),
         }
     }
@@ -182,6 +186,7 @@ impl Phases {
                 self.head = filter_core::http::header(&headers, ":method")
                     .is_some_and(|m| m.eq_ignore_ascii_case(b"HEAD"));
                 let d = self.stream.on_request_headers(headers, h.end_of_stream);
+                self.edits = self.stream.take_request_header_edits();
                 self.decide(Phase::RequestHeaders, d, h.end_of_stream)
             }
             Q::RequestBody(b) => {
@@ -239,7 +244,8 @@ impl Phases {
             // HEAD. Hand Envoy the recorded body so the client sees the recorded headers.
             if served.body.is_empty() {
                 let format = filter_core::Format::from_content_type(content_type);
-                if let Ok(recorded) = filter_core::codec::decode_answer(body, format) {
+                let redactor = &self.stream.engine().config().redactor;
+                if let Ok(recorded) = filter_core::codec::decode_answer(body, format, redactor) {
                     served.body = recorded.body;
                 }
             }
@@ -316,9 +322,36 @@ impl Phases {
         mode_override: Option<ProcessingMode>,
         record: Option<Callout>,
     ) -> Step {
+        let mut response = continue_response(phase, mode_override);
+        if phase == Phase::RequestHeaders && !self.edits.is_empty() {
+            if let Some(processing_response::Response::RequestHeaders(HeadersResponse {
+                response: Some(common),
+            })) = response.response.as_mut()
+            {
+                common.header_mutation = Some(self.edit_mutation());
+            }
+        }
         Step::Respond {
-            response: Box::new(continue_response(phase, mode_override)),
+            response: Box::new(response),
             record,
+        }
+    }
+
+    /// The engine's request header edits as an ext_proc mutation: each replaces its name.
+    fn edit_mutation(&self) -> HeaderMutation {
+        #[allow(deprecated)] // ext_proc reads `append`, not `append_action`
+        let set_headers = self
+            .edits
+            .iter()
+            .map(|(name, value)| HeaderValueOption {
+                header: Some(self.header_value(&String::from_utf8_lossy(name), value.clone())),
+                append: Some(BoolValue { value: false }),
+                ..HeaderValueOption::default()
+            })
+            .collect();
+        HeaderMutation {
+            set_headers,
+            remove_headers: Vec::new(),
         }
     }
 

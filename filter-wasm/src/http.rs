@@ -238,7 +238,12 @@ impl Flow {
                 .map(|(_, v)| v.clone())
                 .collect();
         }
-        serve(response);
+        let details = match self.stream.as_ref().map(Stream::verdict).as_deref() {
+            Some("hit") => "transparent_cache_hit",
+            Some("blocked") => "transparent_cache_blocked",
+            _ => "transparent_cache_backend_error",
+        };
+        serve(response, details);
     }
 
     fn on_lookup_answer(&mut self, token: u32, body_size: usize) {
@@ -301,12 +306,7 @@ fn envoy_local_reply(status: u16, body: &[u8], timed_out: bool) -> Option<Lookup
     }
 }
 
-fn serve(response: &Response) {
-    let details = if response.status == 502 {
-        "transparent_cache_backend_error"
-    } else {
-        "transparent_cache_hit"
-    };
+fn serve(response: &Response, details: &str) {
     if let Err(e) =
         abi::send_local_response(response.status, details, &response.headers, &response.body)
     {
@@ -442,7 +442,19 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let h = headers(self.get_http_request_headers_bytes());
         self.request_event(Phase::Headers, |s, _| {
-            s.on_request_headers(h, end_of_stream)
+            let d = s.on_request_headers(h, end_of_stream);
+            // The session carried into `tracestate`: still in the headers callback, so Envoy
+            // takes the change before anything goes upstream.
+            for (name, value) in s.take_request_header_edits() {
+                if let Err(e) = abi::replace_request_header(&String::from_utf8_lossy(&name), &value)
+                {
+                    log_warn(&format!(
+                        "transparent-cache: could not set the {} request header: {e}",
+                        String::from_utf8_lossy(&name)
+                    ));
+                }
+            }
+            d
         })
     }
 

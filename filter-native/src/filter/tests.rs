@@ -101,6 +101,8 @@ struct MockStream {
     continued: u32,
     /// Dynamic metadata writes: (namespace, key, value).
     metadata: Vec<(String, String, String)>,
+    /// Request headers set: (name, value).
+    set_headers: Vec<(Vec<u8>, Vec<u8>)>,
     commits: Arc<Commits>,
 }
 
@@ -150,6 +152,10 @@ impl EnvoyHttpFilter for MockStream {
     }
     fn continue_decoding(&mut self) {
         self.continued += 1;
+    }
+    fn set_request_header(&mut self, name: &[u8], value: &[u8]) -> bool {
+        self.set_headers.push((name.to_vec(), value.to_vec()));
+        true
     }
     fn set_dynamic_metadata_string(&mut self, namespace: &str, key: &str, value: &str) {
         self.metadata
@@ -308,6 +314,7 @@ fn a_miss_resumes_and_the_response_is_recorded_from_the_main_thread() {
     assert!(s.sent.is_empty());
     s.response_headers = vec![
         (b":status".to_vec(), b"200".to_vec()),
+        (b"content-type".to_vec(), b"text/plain".to_vec()),
         (b"content-length".to_vec(), b"5".to_vec()),
     ];
     assert_eq!(
