@@ -15,7 +15,7 @@ use crate::body;
 use crate::error::ApiError;
 use crate::key::{self, KeyInput};
 use crate::metrics::add;
-use crate::recording::{require, Recording};
+use crate::recording::{require, Recording, HOST_ATTRS, METHOD_ATTRS, PATH_ATTRS};
 use crate::state::AppState;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -127,7 +127,13 @@ pub async fn inject(State(state): State<AppState>, headers: HeaderMap, body: Bod
             answer,
         )
             .into_response(),
-        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        // As the Softprobe runtime answers a miss (a 404 is a miss whatever its body).
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, JSON)],
+            r#"{"error":"no inject match"}"#,
+        )
+            .into_response(),
         Err(e) => state.fail(e),
     }
 }
@@ -154,9 +160,9 @@ async fn lookup(
     let key = key::compute(
         state.store.key_config(),
         &KeyInput {
-            method: require(&http.method, codec::ATTR_METHOD).map_err(bad)?,
-            host: require(&http.host, codec::ATTR_HOST).map_err(bad)?,
-            path: require(&http.path, codec::ATTR_PATH).map_err(bad)?,
+            method: require(&http.method, METHOD_ATTRS).map_err(bad)?,
+            host: require(&http.host, HOST_ATTRS).map_err(bad)?,
+            path: require(&http.path, PATH_ATTRS).map_err(bad)?,
             headers: &http.request_headers,
             body: &http.request_body,
             session_id: http.session_id.as_deref(),

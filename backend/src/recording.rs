@@ -145,19 +145,26 @@ pub fn status_of(status: Option<i64>) -> Result<u16, String> {
     }
 }
 
+/// Where a span's method is read from (the Softprobe agents send only the pseudo-header).
+pub const METHOD_ATTRS: &str = "`http.request.method` or `http.request.header.:method`";
+/// Where a span's host is read from.
+pub const HOST_ATTRS: &str = "`url.host` or `http.request.header.:authority`";
+/// Where a span's path is read from.
+pub const PATH_ATTRS: &str = "`url.path` or `http.request.header.:path`";
+
 /// Why a span is not a usable request description.
 pub fn require<'a>(value: &'a Option<String>, attr: &str) -> Result<&'a str, String> {
     value
         .as_deref()
-        .ok_or_else(|| format!("span has no `{attr}` attribute"))
+        .ok_or_else(|| format!("span has no {attr} attribute"))
 }
 
 impl Recording {
     /// Builds a recording from a decoded extract span.
     pub fn from_span(span: HttpSpan, recorded_at_unix_nanos: u64) -> Result<Recording, String> {
-        let method = require(&span.method, "http.request.method")?.to_owned();
-        let host = require(&span.host, "url.host")?.to_owned();
-        let path = require(&span.path, "url.path")?.to_owned();
+        let method = require(&span.method, METHOD_ATTRS)?.to_owned();
+        let host = require(&span.host, HOST_ATTRS)?.to_owned();
+        let path = require(&span.path, PATH_ATTRS)?.to_owned();
         let Some(response) = span.response else {
             return Err("extract span has no `http.response.*` attribute".to_owned());
         };
