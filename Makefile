@@ -45,6 +45,7 @@ test: wasm-target ## Every test: unit, property, golden (engine), backend, and e
 	@scripts/ensure-envoy.sh >/dev/null
 	wasm="$$(scripts/build-wasm.sh --quiet --locked)"; \
 	TESTBED_BIN_DIR=$(TARGET_DIR)/debug \
+	BACKEND_BIN=$(TARGET_DIR)/debug/backend \
 	FILTER_SIDECAR_BIN=$(TARGET_DIR)/debug/filter-sidecar \
 	TRANSPARENT_CACHE_NATIVE_DIR=$(TARGET_DIR)/debug \
 	TRANSPARENT_CACHE_WASM="$$wasm" \

@@ -7,6 +7,7 @@
 //! parallel. The API is async (tokio).
 
 mod artifact;
+pub mod backend;
 pub mod bins;
 pub mod demo_upstream;
 pub mod envoy;
@@ -14,6 +15,7 @@ pub mod envoy_config;
 pub mod fake_backend;
 pub mod header;
 pub mod http1;
+pub mod interop;
 pub mod native;
 pub mod plugin;
 pub mod proc;
@@ -23,6 +25,7 @@ pub mod shape;
 pub mod sidecar;
 pub mod tracing;
 
+pub use backend::RealBackend;
 pub use demo_upstream::DemoUpstream;
 pub use envoy::Envoy;
 pub use fake_backend::FakeBackend;

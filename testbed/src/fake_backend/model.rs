@@ -26,6 +26,16 @@ pub enum Behaviour {
         #[serde(with = "base64_bytes")]
         body_base64: Vec<u8>,
     },
+    /// Any status with this content type and body (e.g. the runtime's JSON error answers).
+    Answer {
+        /// Status code.
+        status: u16,
+        /// `content-type` of the answer (none when empty).
+        content_type: String,
+        /// Body bytes, base64 in JSON.
+        #[serde(with = "base64_bytes")]
+        body_base64: Vec<u8>,
+    },
     /// 200, `content-type: application/x-protobuf`, [`UNDECODABLE_BODY`].
     Undecodable,
     /// Never answers; the connection stays open until the client gives up.

@@ -68,6 +68,19 @@ fn play(b: Behaviour) -> std::pin::Pin<Box<dyn std::future::Future<Output = Resp
                 headers: vec![HeaderField::new("content-type", content_type)],
                 body: body_base64,
             },
+            Behaviour::Answer {
+                status,
+                content_type,
+                body_base64,
+            } => Response {
+                status,
+                headers: if content_type.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![HeaderField::new("content-type", content_type)]
+                },
+                body: body_base64,
+            },
             Behaviour::Undecodable => Response {
                 status: 200,
                 headers: vec![HeaderField::new("content-type", "application/x-protobuf")],

@@ -169,7 +169,12 @@ impl Rig {
                     content_type,
                     body_base64: body,
                 },
-                Some((status, _, _)) => Behaviour::status(status),
+                Some((status, _, body)) if body.is_empty() => Behaviour::status(status),
+                Some((status, content_type, body)) => Behaviour::Answer {
+                    status,
+                    content_type,
+                    body_base64: body,
+                },
                 None => bail!("no answer for backend {b:?}"),
             },
         };
