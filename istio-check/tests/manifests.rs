@@ -136,7 +136,7 @@ fn the_field_check_catches_fields_of_later_istio_versions() {
 /// sidecar's config file) is accepted by the engine's own config parser.
 #[test]
 fn plugin_configs_are_accepted_by_the_engine() {
-    let mut n = 0;
+    let (mut n, mut inbound) = (0, 0);
     for (file, d) in docs() {
         let mut configs: Vec<(String, Value)> = Vec::new();
         match d["kind"].as_str().unwrap() {
@@ -199,13 +199,23 @@ fn plugin_configs_are_accepted_by_the_engine() {
                 "stream_headers",
                 "{file}: 1.26 needs stream_headers"
             );
-            let _ = cfg;
+            if cfg.mode == filter_core::Mode::PropagateOnly {
+                // The inbound piece: it only carries the session on, so it calls no backend.
+                assert_eq!(cfg.traffic_direction, filter_core::Direction::Inbound, "{file}");
+                assert!(cfg.propagate_session, "{file}");
+                inbound += 1;
+            } else {
+                // The hosted runtime decides per session: no round trip without one.
+                assert!(cfg.require_session, "{file} {what}: require_session");
+                assert_eq!(cfg.backend.auth_header, "authorization", "{file}: Bearer auth");
+            }
             n += 1;
         }
     }
     assert_eq!(
-        n, 3,
-        "expected the WasmPlugin, the fail-open EnvoyFilter and the sidecar configs"
+        (n, inbound),
+        (4, 1),
+        "expected the WasmPlugin and its inbound piece, the fail-open EnvoyFilter and the sidecar configs"
     );
 }
 
@@ -233,6 +243,11 @@ fn callout_clusters_exist() {
     assert_eq!(dr.1["spec"]["trafficPolicy"]["tls"]["mode"], "SIMPLE");
     assert_eq!(dr.1["spec"]["trafficPolicy"]["tls"]["sni"], host);
     for (file, d) in &docs {
+        if d["kind"] == "WasmPlugin" && d["spec"]["pluginConfig"]["mode"] == "propagate_only" {
+            // The inbound piece calls no backend.
+            assert!(d["spec"]["pluginConfig"]["backend"].is_null(), "{file}");
+            continue;
+        }
         if d["kind"] == "WasmPlugin" {
             let cluster = d["spec"]["pluginConfig"]["backend"]["cluster"]
                 .as_str()

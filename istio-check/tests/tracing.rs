@@ -89,7 +89,7 @@ async fn header_and_metadata_tags_reach_the_exported_span() {
 
     let req = raw::RawRequest::new("GET", "/tagged")
         .header("x-softprobe-cache-verdict", "hit")
-        .header("x-sp-session-id", "session-7");
+        .header("x-softprobe-session-id", "session-7");
     let resp = raw::send(envoy.listener_addr(), &req, Duration::from_secs(10))
         .await
         .unwrap();
