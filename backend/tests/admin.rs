@@ -1,4 +1,10 @@
 //! The admin API, metrics, logs and the command line against the real binary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // a test crate
 
 mod common;
 

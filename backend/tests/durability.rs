@@ -1,4 +1,10 @@
 //! The store against the real binary: crash safety, concurrency, the size cap, shutdown.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // a test crate
 
 mod common;
 

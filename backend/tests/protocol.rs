@@ -1,4 +1,10 @@
 //! The Softprobe endpoints against the real binary: record, lookup, match-key options, bad input.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // a test crate
 
 mod common;
 

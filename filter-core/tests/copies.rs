@@ -2,6 +2,15 @@
 //! allocated once at its exact size. A counting allocator proves it: everything allocated while
 //! encoding adds up to the output plus a small, body-independent overhead (attribute keys, the
 //! attribute list).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+// a test crate
+// The counting allocator is the one unsafe thing here: it only forwards to the system allocator.
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

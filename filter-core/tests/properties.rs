@@ -1,5 +1,11 @@
 //! Nothing from outside can panic the engine: arbitrary bytes into the answer decoder and the config
 //! parser, arbitrary JSON documents into both, arbitrary event sequences into a stream.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // a test crate
 
 use std::sync::Arc;
 

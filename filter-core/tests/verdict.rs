@@ -1,4 +1,10 @@
 //! `Stream::verdict` and `Stream::on_hold_expired`: what hosts log and how they give up holding.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // a test crate
 
 use std::sync::Arc;
 

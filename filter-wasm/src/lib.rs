@@ -10,16 +10,6 @@
 //! * [`http::Http`] (one per request): feeds the engine and holds, resumes or answers the request.
 //!
 //! See `filter-wasm/README.md` for the Envoy configuration and the request modes.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 mod abi;
 pub mod http;
 pub mod metrics;

@@ -1,6 +1,6 @@
 //! Every golden case of `golden/cases/` through real Envoy with the native filter (`filter-native`
 //! loaded by `envoy.filters.http.dynamic_modules`), in both request modes, checked with the same
-//! replay and `filter_core::golden::verify` as the wasm plugin. Each run also asserts that Envoy
+//! replay and `golden::verify` as the wasm plugin. Each run also asserts that Envoy
 //! logged the module's ABI version as matched, so an Envoy upgrade that changes the ABI fails here.
 
 #[path = "support/golden.rs"]

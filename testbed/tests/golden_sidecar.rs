@@ -1,5 +1,5 @@
 //! Every golden case of `golden/cases/` through real Envoy with `envoy.filters.http.ext_proc` and
-//! the `filter-sidecar` process, checked with `filter_core::golden::verify` (the verifier the
+//! the `filter-sidecar` process, checked with `golden::verify` (the verifier the
 //! plugins use); plus the fail-open path: the sidecar killed mid-run (traffic flows upstream
 //! unchanged) and restarted (hits and records work again), and the drain on SIGTERM.
 //!
@@ -11,7 +11,7 @@
 mod support;
 
 use anyhow::{bail, Context, Result};
-use filter_core::golden::{self, Backend};
+use golden::{self, Backend};
 use serde_json::Value as Json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
 //! Every golden case of `golden/cases/` through real Envoy with the wasm plugin, in both request
-//! modes (hold_headers and stream_headers), checked with `filter_core::golden::verify`.
+//! modes (hold_headers and stream_headers), checked with `golden::verify`.
 //!
 //! One Envoy per request mode, with one listener per distinct plugin configuration; the cases run
 //! one after the other against it (they share the demo upstream, the fake backend and the counters).

@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use filter_core::codec::{self, Format};
 use filter_core::otlp::{Span, Value};
-use filter_core::{golden, Config, Redactor};
+use filter_core::{Config, Redactor};
 use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -34,7 +34,7 @@ fn base() -> Json {
 
 fn with(overlay: Json) -> Json {
     let mut c = base();
-    filter_core::golden::merge(&mut c, &overlay);
+    golden::merge(&mut c, &overlay);
     c
 }
 

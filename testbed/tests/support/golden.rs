@@ -2,11 +2,11 @@
 //! Envoy per shape with one listener per distinct plugin configuration (and, for
 //! [`Shape::Sidecar`], one `filter-sidecar` process per listener); the cases run one after the
 //! other against it (they share the demo upstream, the fake backend and the counters, which come
-//! from Envoy's stats or from the site's sidecar), checked with `filter_core::golden::verify`.
+//! from Envoy's stats or from the site's sidecar), checked with `golden::verify`.
 #![allow(dead_code)]
 
 use anyhow::{bail, Context, Result};
-use filter_core::golden::{self, Backend, Case, Observed, UpstreamSaw};
+use golden::{self, Backend, Case, Observed, UpstreamSaw};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

@@ -1,3 +1,5 @@
+//! # golden
+//!
 //! Golden cases: one spec per file (request, chunking, backend behaviour, upstream answer, expected
 //! outcome) replayed against every implementation. The engine replays them through a simulated
 //! host ([`replay`]); every real host replays the same files through Envoy and checks what it saw
@@ -12,12 +14,12 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use crate::codec::{self, Format, SpanIds};
-use crate::engine::{Decision, Engine, LookupResult, Node, Services, Stream};
-use crate::http::{Header, Response};
-use crate::metrics::{AtomicCounters, Counter, LookupFailure};
-use crate::otlp::{self, Value};
-use crate::Config;
+use filter_core::codec::{self, Format, SpanIds};
+use filter_core::engine::{Decision, Engine, LookupResult, Node, Services, Stream};
+use filter_core::http::{Header, Response};
+use filter_core::metrics::{AtomicCounters, Counter, LookupFailure};
+use filter_core::otlp::{self, Value};
+use filter_core::Config;
 
 /// Bytes in a case file: a UTF-8 string, `{"base64": "..."}`, `{"repeat": "ab", "times": 3}`, or
 /// `{"json": <any JSON>}` (that document, serialized compactly: hand-written OTLP JSON answers).
@@ -365,7 +367,7 @@ pub fn backend_answer(b: &Backend) -> Option<(u16, String, Vec<u8>)> {
                 Some((
                     200,
                     "application/json".into(),
-                    crate::otlp_json::encode(&traces),
+                    filter_core::otlp_json::encode(&traces),
                 ))
             } else {
                 Some((200, "application/x-protobuf".into(), proto))

@@ -1,8 +1,14 @@
 //! Replays every golden case through the engine with a simulated host, in both request modes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // a test crate
 
 use std::path::PathBuf;
 
-use filter_core::golden::{self, Case};
+use golden::{self, Case};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../golden")
