@@ -6,6 +6,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use crate::codec::{Direction, Redactor};
+use crate::records::RecordLimits;
 use crate::rules::{Pattern, Rules};
 
 /// What the filter does with eligible requests.
@@ -129,6 +130,8 @@ pub struct Config {
     /// known, at points where the upstream can no longer see it (for tracers that tag spans from
     /// request headers only, e.g. Istio 1.18's `Telemetry` custom tags), or none.
     pub verdict_header: Option<String>,
+    /// The record queue's bounds ([`crate::records`]).
+    pub records: RecordLimits,
 }
 
 /// Default of [`Config::verdict_header`].
@@ -196,6 +199,7 @@ impl Default for Config {
             redactor: Redactor::new(DEFAULT_REDACT),
             hit_header: Some("x-softprobe-cache".into()),
             verdict_header: Some(DEFAULT_VERDICT_HEADER.into()),
+            records: RecordLimits::default(),
         }
     }
 }
@@ -238,7 +242,9 @@ const TOP_KEYS: &[&str] = &[
     "mark_hits",
     "hit_header",
     "verdict_header",
+    "records",
 ];
+const RECORDS_KEYS: &[&str] = &["max_queued", "max_queued_bytes", "max_in_flight"];
 const BACKEND_KEYS: &[&str] = &[
     "cluster",
     "authority",
@@ -653,6 +659,9 @@ impl Config {
             }
             Some(v) => return Err(top.expected("verdict_header", "a header name or false", v)),
         }
+        if let Some(r) = top.get("records") {
+            read_records(&Obj::new("records", r, RECORDS_KEYS)?, &mut c.records)?;
+        }
         Ok(c)
     }
 }
@@ -703,6 +712,28 @@ fn read_backend(b: &Obj<'_>, out: &mut Backend) -> Result<(), ConfigError> {
                 return Err(b.err(key, "must be at least 1 ms"));
             }
             *slot = n;
+        }
+    }
+    Ok(())
+}
+
+fn read_records(r: &Obj<'_>, out: &mut RecordLimits) -> Result<(), ConfigError> {
+    let count = "a number of records (a positive integer)";
+    for (key, slot, what, max) in [
+        ("max_queued", &mut out.max_queued, count, 1_000_000),
+        (
+            "max_queued_bytes",
+            &mut out.max_queued_bytes,
+            "a number of bytes (a positive integer)",
+            4 * MAX_BODY_LIMIT,
+        ),
+        ("max_in_flight", &mut out.max_in_flight, count, 1024),
+    ] {
+        if let Some(n) = r.uint(key, what, max)? {
+            if n == 0 {
+                return Err(r.err(key, "must be at least 1"));
+            }
+            *slot = usize::try_from(n).unwrap_or(usize::MAX);
         }
     }
     Ok(())

@@ -11,6 +11,25 @@ pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
         .map(|(_, v)| v.as_slice())
 }
 
+/// A status code from its header value (`:status`): three ASCII digits, 100-999 (surrounding
+/// whitespace allowed). `None` for anything else.
+pub fn parse_status(value: &[u8]) -> Option<u16> {
+    let v = value.trim_ascii();
+    if v.len() != 3 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|s| *s >= 100)
+}
+
+/// The `:status` of a response header list.
+pub fn status(headers: &[Header]) -> Option<u16> {
+    parse_status(header(headers, ":status")?)
+}
+
 /// Headers grouped by lower-case name, first appearance first, values in the order they came.
 pub fn group(headers: &[Header]) -> Vec<(String, Vec<&[u8]>)> {
     let mut out: Vec<(String, Vec<&[u8]>)> = Vec::new();
@@ -50,6 +69,18 @@ pub const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "content-length",
 ];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn statuses_are_three_digits() {
+        assert_eq!(super::parse_status(b"200"), Some(200));
+        assert_eq!(super::parse_status(b" 404 "), Some(404));
+        for bad in [&b""[..], b"20", b"2000", b"abc", b"099", b"-20", b"2 0"] {
+            assert_eq!(super::parse_status(bad), None, "{bad:?}");
+        }
+    }
+}
 
 /// A complete HTTP response, as replayed on a hit.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -33,12 +33,16 @@ pub mod http;
 pub mod metrics;
 pub mod otlp;
 pub mod otlp_json;
+pub mod records;
 pub mod rules;
 pub mod trace;
 pub mod wire;
 
 pub use codec::{AnswerError, DecodeError, Direction, Format, Redactor};
 pub use config::{Config, ConfigError, Mode, OnBackendError, RequestMode, DEFAULT_VERDICT_HEADER};
-pub use engine::{Callout, Decision, Engine, LookupResult, Node, RecordResult, Services, Stream};
+pub use engine::{
+    Callout, Decision, Engine, LookupReply, LookupResult, Node, RecordResult, Services, Stream,
+};
 pub use http::{Header, Response};
 pub use metrics::{AtomicCounters, Bypass, Counter, LookupFailure, Metrics};
+pub use records::{Outgoing, RecordLimits, RecordQueue};

@@ -8,24 +8,21 @@
 //! - records: queued on the config and sent from the main thread by a config-level callout (woken
 //!   by the config scheduler), so they survive the end of their stream.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use filter_core::{
-    Callout, Config, Counter, Decision, Engine, LookupFailure, LookupResult, Metrics, Node,
-    RecordResult, Response, Services, Stream,
+    Callout, Config, Counter, Decision, Engine, LookupReply, Metrics, Node, RecordResult, Response,
+    Services, Stream,
 };
 
 use crate::sdk::{
     BodyStatus, CalloutResult, CounterId, CounterSink, EnvoyHttpFilter, EnvoyHttpFilterConfig,
     HeaderRef, HeadersStatus, HttpFilter, HttpFilterConfig, LogLevel, Scheduler, TrailersStatus,
 };
-
-/// Records waiting for the main thread; past this, new ones are dropped (and counted).
-pub const MAX_QUEUED_RECORDS: usize = 1024;
 
 /// How long past the lookup timeout a request may stay held without progress before the
 /// watchdog releases it (as the wasm plugin's `HOLD_MARGIN_MS`).
@@ -146,10 +143,12 @@ impl Metrics for EnvoyCounters {
     }
 }
 
-/// What the config shares with its streams.
+/// What the config shares with its streams. Records go through the engine's queue
+/// ([`filter_core::RecordQueue`]) and are sent from the main thread.
 struct Shared {
     engine: Arc<Engine>,
-    records: Mutex<VecDeque<Callout>>,
+    /// Record callouts in flight: Envoy's callout id → the queue's ticket (main thread only).
+    in_flight: Mutex<BTreeMap<u64, u64>>,
     scheduler: Option<Box<dyn Scheduler>>,
     watchdog: Arc<Watchdog>,
     /// Ids of the streams (for the watchdog).
@@ -157,23 +156,37 @@ struct Shared {
 }
 
 impl Shared {
-    /// Queues a record for the main thread; it outlives the stream that made it.
+    /// Offers a record to the engine's queue and wakes the main thread; it outlives the stream
+    /// that made it.
     fn record(&self, callout: Callout) {
         let Some(scheduler) = &self.scheduler else {
-            self.engine.on_record_result(RecordResult::Dropped);
+            self.engine.records().push(callout);
+            // Never sent without a scheduler: take it back out, counted as dropped.
+            while let Some(out) = self.engine.records().next() {
+                self.engine
+                    .records()
+                    .finish(out.ticket, RecordResult::Dropped);
+            }
             return;
         };
-        let queued = match self.records.lock() {
-            Ok(mut q) if q.len() < MAX_QUEUED_RECORDS => {
-                q.push_back(callout);
-                true
-            }
-            _ => false,
-        };
-        if queued {
+        if self.engine.records().push(callout) {
             scheduler.commit(0);
-        } else {
-            self.engine.on_record_result(RecordResult::Dropped);
+        }
+    }
+
+    /// Main thread: sends what the queue hands out (it bounds how many are in flight).
+    fn send_records<EC: EnvoyHttpFilterConfig>(&self, envoy: &mut EC) {
+        let records = self.engine.records();
+        while let Some(out) = records.next() {
+            let c = &out.callout;
+            match envoy.http_callout(&c.cluster, &c.header_pairs(), &c.body, c.timeout_ms) {
+                Ok(id) => {
+                    if let Ok(mut m) = self.in_flight.lock() {
+                        m.insert(id, out.ticket);
+                    }
+                }
+                Err(_) => records.finish(out.ticket, RecordResult::Failed),
+            }
         }
     }
 }
@@ -234,7 +247,7 @@ pub fn new_config<EC: EnvoyHttpFilterConfig>(
     Ok(CacheConfig {
         shared: Arc::new(Shared {
             engine,
-            records: Mutex::new(VecDeque::new()),
+            in_flight: Mutex::new(BTreeMap::new()),
             scheduler,
             watchdog: Arc::new(Watchdog::default()),
             next_stream: AtomicU64::new(1),
@@ -249,7 +262,7 @@ impl CacheConfig {
 
     /// Records waiting for the main thread.
     pub fn queued_records(&self) -> usize {
-        self.shared.records.lock().map_or(0, |q| q.len())
+        self.shared.engine.records().queued()
     }
 
     /// Streams the hold watchdog is watching.
@@ -262,11 +275,15 @@ impl CacheConfig {
     }
 }
 
-fn status_of(headers: &[HeaderRef<'_>]) -> Option<u16> {
+fn header_of<'a>(headers: &[HeaderRef<'a>], name: &[u8]) -> Option<&'a [u8]> {
     headers
         .iter()
-        .find(|(n, _)| *n == b":status")
-        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse().ok())
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
+}
+
+fn status_of(headers: &[HeaderRef<'_>]) -> Option<u16> {
+    filter_core::http::parse_status(header_of(headers, b":status")?)
 }
 
 impl<EC: EnvoyHttpFilterConfig, EHF: EnvoyHttpFilter + 'static> HttpFilterConfig<EC, EHF>
@@ -281,36 +298,19 @@ impl<EC: EnvoyHttpFilterConfig, EHF: EnvoyHttpFilter + 'static> HttpFilterConfig
             holding: false,
             held_since: None,
             scheduler: None,
-            published: None,
         })
     }
 
-    /// Main thread: sends every queued record as a config-level callout.
+    /// Main thread: sends the queued records as config-level callouts.
     fn on_scheduled(&self, envoy: &mut EC, _event_id: u64) {
-        let batch: Vec<Callout> = match self.shared.records.lock() {
-            Ok(mut q) => q.drain(..).collect(),
-            Err(_) => return,
-        };
-        for c in batch {
-            let headers: Vec<(&str, &str)> = c
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
-            if envoy
-                .http_callout(&c.cluster, &headers, &c.body, c.timeout_ms)
-                .is_err()
-            {
-                self.shared.engine.on_record_result(RecordResult::Failed);
-            }
-        }
+        self.shared.send_records(envoy);
     }
 
     /// Main thread: a record callout ended.
     fn on_http_callout_done(
         &self,
-        _envoy: &mut EC,
-        _callout_id: u64,
+        envoy: &mut EC,
+        callout_id: u64,
         result: CalloutResult,
         headers: &[HeaderRef<'_>],
         _body: &[&[u8]],
@@ -319,7 +319,17 @@ impl<EC: EnvoyHttpFilterConfig, EHF: EnvoyHttpFilter + 'static> HttpFilterConfig
             (CalloutResult::Success, Some(s)) => RecordResult::Status(s),
             _ => RecordResult::Failed,
         };
-        self.shared.engine.on_record_result(outcome);
+        let ticket = self
+            .shared
+            .in_flight
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&callout_id));
+        if let Some(ticket) = ticket {
+            self.shared.engine.records().finish(ticket, outcome);
+        }
+        // Room for the next ones.
+        self.shared.send_records(envoy);
     }
 }
 
@@ -327,8 +337,6 @@ impl<EC: EnvoyHttpFilterConfig, EHF: EnvoyHttpFilter + 'static> HttpFilterConfig
 #[derive(Debug, Clone, Copy)]
 struct Lookup {
     id: u64,
-    started: Instant,
-    timeout_ms: u64,
 }
 
 /// One stream.
@@ -344,8 +352,6 @@ pub struct CacheFilter {
     held_since: Option<Instant>,
     /// This stream's scheduler (made the first time the request is held), for the watchdog.
     scheduler: Option<Arc<dyn Scheduler>>,
-    /// The verdict last written to the dynamic metadata.
-    published: Option<String>,
 }
 
 impl Drop for CacheFilter {
@@ -361,41 +367,6 @@ fn merge(a: Decision, b: Decision) -> Decision {
         (Decision::Continue | Decision::Hold, _) => b,
         (_, Decision::Continue | Decision::Hold) => a,
         _ => b,
-    }
-}
-
-/// Classifies a lookup answer. Envoy's async client turns a timeout into a local `504` and a
-/// failed connection into a local `503` ("upstream connect error ..." / "no healthy upstream"),
-/// both delivered as answers: those are reported as the failures they are.
-fn lookup_result<'a>(
-    result: CalloutResult,
-    headers: &'a [HeaderRef<'a>],
-    body: &'a [u8],
-    elapsed_ms: u64,
-    timeout_ms: u64,
-) -> LookupResult<'a> {
-    if result != CalloutResult::Success {
-        return LookupResult::Failed(LookupFailure::Transport);
-    }
-    let Some(status) = status_of(headers) else {
-        return LookupResult::Failed(LookupFailure::Transport);
-    };
-    if status == 504 && elapsed_ms.saturating_add(50) >= timeout_ms {
-        return LookupResult::Failed(LookupFailure::Timeout);
-    }
-    if status == 503
-        && (body.starts_with(b"upstream connect error") || body == b"no healthy upstream")
-    {
-        return LookupResult::Failed(LookupFailure::Transport);
-    }
-    let content_type = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(b"content-type"))
-        .map(|(_, v)| *v);
-    LookupResult::Answer {
-        status,
-        content_type,
-        body,
     }
 }
 
@@ -431,16 +402,13 @@ impl CacheFilter {
 
     /// Writes the verdict to the stream's dynamic metadata when it changed.
     fn publish<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF) {
-        let verdict = self.stream.verdict();
-        if verdict == "pending" || self.published.as_deref() == Some(verdict.as_ref()) {
-            return;
+        if let Some(verdict) = self.stream.verdict_update() {
+            envoy.set_dynamic_metadata_string(
+                VERDICT_METADATA_NAMESPACE,
+                VERDICT_METADATA_KEY,
+                &verdict,
+            );
         }
-        envoy.set_dynamic_metadata_string(
-            VERDICT_METADATA_NAMESPACE,
-            VERDICT_METADATA_KEY,
-            &verdict,
-        );
-        self.published = Some(verdict.into_owned());
     }
 
     /// Answers locally, the verdict written first.
@@ -484,25 +452,12 @@ impl CacheFilter {
                 Decision::Continue => return self.holding,
                 Decision::Hold => return true,
                 Decision::Lookup(c) => {
-                    let headers: Vec<(&str, &str)> = c
-                        .headers
-                        .iter()
-                        .map(|(n, v)| (n.as_str(), v.as_str()))
-                        .collect();
-                    match envoy.http_callout(&c.cluster, &headers, &c.body, c.timeout_ms) {
+                    match envoy.http_callout(&c.cluster, &c.header_pairs(), &c.body, c.timeout_ms) {
                         Ok(id) => {
-                            self.lookup = Some(Lookup {
-                                id,
-                                started: Instant::now(),
-                                timeout_ms: c.timeout_ms,
-                            });
+                            self.lookup = Some(Lookup { id });
                             return true;
                         }
-                        Err(_) => {
-                            d = self
-                                .stream
-                                .on_lookup_result(LookupResult::Failed(LookupFailure::Transport));
-                        }
+                        Err(_) => d = self.stream.on_lookup_reply(None),
                     }
                 }
                 Decision::Serve(r) => {
@@ -609,13 +564,7 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
             return HeadersStatus::Continue;
         }
         let headers = envoy.response_headers();
-        let status = {
-            let refs: Vec<HeaderRef<'_>> = headers
-                .iter()
-                .map(|(n, v)| (n.as_slice(), v.as_slice()))
-                .collect();
-            status_of(&refs).unwrap_or(0)
-        };
+        let status = filter_core::http::status(&headers).unwrap_or(0);
         if let Decision::Record(c) = self
             .stream
             .on_response_headers(status, headers, end_of_stream)
@@ -719,9 +668,12 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
                 &joined
             }
         };
-        let elapsed = u64::try_from(lookup.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let r = lookup_result(result, headers, answer, elapsed, lookup.timeout_ms);
-        let d = self.stream.on_lookup_result(r);
+        let reply = (result == CalloutResult::Success).then(|| LookupReply {
+            status: header_of(headers, b":status"),
+            content_type: header_of(headers, b"content-type"),
+            body: answer,
+        });
+        let d = self.stream.on_lookup_reply(reply);
         self.act_async(envoy, d);
     }
 }

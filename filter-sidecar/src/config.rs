@@ -27,8 +27,10 @@ pub struct SidecarSettings {
     pub listen: Option<std::net::SocketAddr>,
     /// `/metrics` listen address (the `--metrics-listen` flag wins).
     pub metrics_listen: Option<std::net::SocketAddr>,
-    pub record_queue_capacity: usize,
-    pub record_concurrency: usize,
+    /// Same as the engine's `records.max_queued` (kept for existing configs; wins when set).
+    pub record_queue_capacity: Option<usize>,
+    /// Same as the engine's `records.max_in_flight` (kept for existing configs; wins when set).
+    pub record_concurrency: Option<usize>,
     /// How long a SIGTERM waits for open streams and queued records.
     pub drain_timeout_ms: u64,
 }
@@ -39,8 +41,8 @@ impl Default for SidecarSettings {
             backend_url: None,
             listen: None,
             metrics_listen: None,
-            record_queue_capacity: 1024,
-            record_concurrency: 4,
+            record_queue_capacity: None,
+            record_concurrency: None,
             drain_timeout_ms: 5000,
         }
     }
@@ -65,7 +67,13 @@ pub fn parse(bytes: &[u8]) -> anyhow::Result<(filter_core::Config, SidecarSettin
             settings = parse_section(&section)?;
         }
     }
-    let config = filter_core::Config::from_value(&doc)?;
+    let mut config = filter_core::Config::from_value(&doc)?;
+    if let Some(n) = settings.record_queue_capacity {
+        config.records.max_queued = n;
+    }
+    if let Some(n) = settings.record_concurrency {
+        config.records.max_in_flight = n;
+    }
     Ok((config, settings))
 }
 
@@ -112,12 +120,8 @@ fn parse_section(v: &Value) -> anyhow::Result<SidecarSettings> {
             },
         }
     };
-    if let Some(n) = uint("record_queue_capacity", 1_000_000)? {
-        s.record_queue_capacity = n as usize;
-    }
-    if let Some(n) = uint("record_concurrency", 256)? {
-        s.record_concurrency = n as usize;
-    }
+    s.record_queue_capacity = uint("record_queue_capacity", 1_000_000)?.map(|n| n as usize);
+    s.record_concurrency = uint("record_concurrency", 256)?.map(|n| n as usize);
     if let Some(n) = uint("drain_timeout_ms", 600_000)? {
         s.drain_timeout_ms = n;
     }
@@ -136,8 +140,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.mode, filter_core::Mode::InjectOnly);
         assert_eq!(s.backend_url.as_deref(), Some("http://127.0.0.1:1"));
-        assert_eq!(s.record_queue_capacity, 3);
-        assert_eq!(s.record_concurrency, 4);
+        assert_eq!(s.record_queue_capacity, Some(3));
+        assert_eq!(
+            c.records.max_queued, 3,
+            "the sidecar's name for records.max_queued"
+        );
+        assert_eq!(c.records.max_in_flight, 8, "the engine's default");
     }
 
     #[test]

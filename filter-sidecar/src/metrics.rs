@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use filter_core::{AtomicCounters, Counter};
 
-use crate::records::QueueStats;
+use crate::records::RecordQueue;
 use crate::service::SidecarStats;
 
 /// Everything `/metrics` shows.
 #[derive(Clone)]
 pub struct Exported {
     pub counters: Arc<AtomicCounters>,
-    pub queue: Arc<QueueStats>,
+    pub queue: RecordQueue,
     pub sidecar: Arc<SidecarStats>,
 }
 
@@ -33,21 +33,19 @@ impl Exported {
             metric(&mut out, &name, "counter", c.help(), v);
         }
         let q = &self.queue;
-        let queued = q.queued.load(Ordering::Relaxed);
-        let in_flight = q.in_flight.load(Ordering::Relaxed);
         metric(
             &mut out,
             "transparent_cache_record_queue_depth",
             "gauge",
             "Records waiting in the queue or being sent.",
-            queued + in_flight,
+            q.depth(),
         );
         metric(
             &mut out,
             "transparent_cache_record_queue_capacity",
             "gauge",
             "Records the queue holds before it drops.",
-            q.capacity.load(Ordering::Relaxed),
+            q.capacity(),
         );
         let s = &self.sidecar;
         metric(
@@ -116,7 +114,15 @@ mod tests {
         counters.add(Counter::Hits, 3);
         let e = Exported {
             counters,
-            queue: Arc::new(QueueStats::default()),
+            queue: crate::records::RecordQueue::new(Arc::new(filter_core::Engine::new(
+                filter_core::Config::default(),
+                &filter_core::Node::default(),
+                filter_core::Services {
+                    metrics: Arc::new(AtomicCounters::default()),
+                    clock: Box::new(|| 0),
+                    seed: 1,
+                },
+            ))),
             sidecar: Arc::new(SidecarStats::default()),
         };
         let text = e.render();

@@ -207,10 +207,7 @@ impl Phases {
             Q::ResponseHeaders(h) => {
                 let (headers, raw) = headers_of(h.headers.as_ref());
                 self.raw_values |= raw;
-                let status = filter_core::http::header(&headers, ":status")
-                    .and_then(|s| std::str::from_utf8(s).ok())
-                    .and_then(|s| s.trim().parse::<u16>().ok())
-                    .unwrap_or(0);
+                let status = filter_core::http::status(&headers).unwrap_or(0);
                 let d = self
                     .stream
                     .on_response_headers(status, headers, h.end_of_stream);

@@ -1,133 +1,102 @@
-//! Records leave the stream's path through a bounded in-memory queue: a push never waits (a full
-//! queue drops the record and counts it), a worker sends them with a few calls in flight.
+//! Records leave the stream's path through the engine's record queue
+//! ([`filter_core::RecordQueue`]: bounded by count and bytes, a full queue drops and counts, at
+//! most `records.max_in_flight` sent at once); a worker task sends what it hands out.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use filter_core::{Callout, Engine, RecordResult};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::backend::{CallOutcome, Caller};
 
-/// The sending side (cheap to clone; one per stream is fine).
+/// The streams' side (cheap to clone; one per stream is fine).
 #[derive(Clone)]
 pub struct RecordQueue {
-    tx: Arc<Mutex<Option<mpsc::Sender<Callout>>>>,
     engine: Arc<Engine>,
-    stats: Arc<QueueStats>,
-}
-
-/// Gauges of the queue.
-#[derive(Debug, Default)]
-pub struct QueueStats {
-    /// Records waiting in the queue.
-    pub queued: AtomicU64,
-    /// Records being sent.
-    pub in_flight: AtomicU64,
-    pub capacity: AtomicU64,
+    wake: Arc<Notify>,
+    closed: Arc<AtomicBool>,
 }
 
 /// The worker; [`RecordWorker::run`] ends once the queue is closed and empty.
 pub struct RecordWorker<C> {
-    rx: mpsc::Receiver<Callout>,
+    queue: RecordQueue,
     caller: Arc<C>,
-    engine: Arc<Engine>,
-    stats: Arc<QueueStats>,
-    concurrency: usize,
 }
 
-/// A queue of `capacity` records and its worker sending up to `concurrency` at once.
-pub fn queue<C: Caller>(
-    capacity: usize,
-    concurrency: usize,
-    caller: Arc<C>,
-    engine: Arc<Engine>,
-) -> (RecordQueue, RecordWorker<C>) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    let stats = Arc::new(QueueStats::default());
-    stats
-        .capacity
-        .store(capacity.max(1) as u64, Ordering::Relaxed);
-    (
-        RecordQueue {
-            tx: Arc::new(Mutex::new(Some(tx))),
-            engine: engine.clone(),
-            stats: stats.clone(),
-        },
-        RecordWorker {
-            rx,
-            caller,
-            engine,
-            stats,
-            concurrency: concurrency.max(1),
-        },
-    )
+/// The queue of `engine` and its worker sending with `caller`.
+pub fn queue<C: Caller>(caller: Arc<C>, engine: Arc<Engine>) -> (RecordQueue, RecordWorker<C>) {
+    let queue = RecordQueue::new(engine);
+    (queue.clone(), RecordWorker { queue, caller })
 }
 
 impl RecordQueue {
-    /// Queues a record without waiting; a full or closed queue drops it (counted).
-    pub fn push(&self, callout: Callout) {
-        let sent = {
-            let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-            match guard.as_ref() {
-                Some(tx) => tx.try_send(callout).is_ok(),
-                None => false,
-            }
-        };
-        if sent {
-            self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        } else {
-            tracing::warn!("record queue full or closed: record dropped");
-            self.engine.on_record_result(RecordResult::Dropped);
+    /// The streams' side of `engine`'s queue (no worker: see [`queue`]).
+    pub fn new(engine: Arc<Engine>) -> RecordQueue {
+        RecordQueue {
+            engine,
+            wake: Arc::new(Notify::new()),
+            closed: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Stops accepting records; the worker finishes what is queued.
-    pub fn close(&self) {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    /// Offers a record without waiting (the engine's queue drops it, counted, when full).
+    pub fn push(&self, callout: Callout) {
+        if self.engine.records().push(callout) {
+            self.wake.notify_one();
+        } else {
+            tracing::warn!("record queue full: record dropped");
+        }
     }
 
-    pub fn stats(&self) -> &Arc<QueueStats> {
-        &self.stats
+    /// The worker finishes what is queued, then ends.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
     }
 
     /// Records queued or being sent.
     pub fn depth(&self) -> u64 {
-        self.stats.queued.load(Ordering::Relaxed) + self.stats.in_flight.load(Ordering::Relaxed)
+        let r = self.engine.records();
+        (r.queued() + r.in_flight()) as u64
+    }
+
+    /// Records the queue holds before it drops.
+    pub fn capacity(&self) -> u64 {
+        self.engine.records().limits().max_queued as u64
     }
 }
 
 impl<C: Caller> RecordWorker<C> {
     /// Sends records until the queue is closed and drained.
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        let records = self.queue.engine.records();
         let mut tasks = tokio::task::JoinSet::new();
         loop {
-            while tasks.len() >= self.concurrency {
-                let _ = tasks.join_next().await;
-            }
-            let Some(callout) = self.rx.recv().await else {
-                break;
-            };
-            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-            self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-            let caller = self.caller.clone();
-            let engine = self.engine.clone();
-            let stats = self.stats.clone();
-            tasks.spawn(async move {
-                let result = match caller.call(callout).await {
-                    CallOutcome::Answer { status, .. } => RecordResult::Status(status),
-                    CallOutcome::Failed(f) => {
-                        tracing::debug!(failure = ?f, "record failed");
-                        RecordResult::Failed
+            while let Some(out) = records.next() {
+                let caller = self.caller.clone();
+                let q = self.queue.clone();
+                tasks.spawn(async move {
+                    let result = match caller.call(out.callout).await {
+                        CallOutcome::Answer { status, .. } => RecordResult::Status(status),
+                        CallOutcome::Failed(f) => {
+                            tracing::debug!(failure = ?f, "record failed");
+                            RecordResult::Failed
+                        }
+                    };
+                    if !matches!(result, RecordResult::Status(200..=299)) {
+                        tracing::warn!(?result, "the backend did not accept a record");
                     }
-                };
-                if !matches!(result, RecordResult::Status(200..=299)) {
-                    tracing::warn!(?result, "the backend did not accept a record");
-                }
-                engine.on_record_result(result);
-                stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-            });
+                    q.engine.records().finish(out.ticket, result);
+                    q.wake.notify_one();
+                });
+            }
+            while tasks.try_join_next().is_some() {}
+            if self.queue.closed.load(Ordering::Relaxed) && self.queue.depth() == 0 {
+                break;
+            }
+            self.queue.wake.notified().await;
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -135,7 +104,7 @@ impl<C: Caller> RecordWorker<C> {
     /// Runs until drained; once `closed` resolves (with the time left to drain), for at most
     /// that long.
     pub async fn run_until(self, closed: impl std::future::Future<Output = Duration>) {
-        let stats = self.stats.clone();
+        let queue = self.queue.clone();
         let run = self.run();
         tokio::pin!(run);
         let deadline = tokio::select! {
@@ -143,9 +112,10 @@ impl<C: Caller> RecordWorker<C> {
             d = closed => d,
         };
         if tokio::time::timeout(deadline, run).await.is_err() {
-            let left =
-                stats.queued.load(Ordering::Relaxed) + stats.in_flight.load(Ordering::Relaxed);
-            tracing::warn!(left, "drain deadline passed with records unsent");
+            tracing::warn!(
+                left = queue.depth(),
+                "drain deadline passed with records unsent"
+            );
         }
     }
 }

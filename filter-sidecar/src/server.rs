@@ -85,16 +85,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             seed: random_seed(),
         },
     ));
-    let (records, worker) = crate::records::queue(
-        settings.record_queue_capacity,
-        settings.record_concurrency,
-        caller.clone(),
-        engine.clone(),
-    );
+    let (records, worker) = crate::records::queue(caller.clone(), engine.clone());
     let stats = Arc::new(SidecarStats::default());
     let exported = Exported {
         counters,
-        queue: records.stats().clone(),
+        queue: records.clone(),
         sidecar: stats.clone(),
     };
 

@@ -4,17 +4,13 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use filter_core::{Decision, Engine, Header, LookupFailure, LookupResult, Response, Stream};
+use filter_core::{Decision, Engine, Header, LookupReply, Response, Stream};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
 use crate::abi;
 use crate::root::{dispatch, log_warn, Shared};
-
-/// How much earlier than its timeout a failed lookup may end and still count as a timeout (the
-/// host's clock and Envoy's timer are not exact).
-const TIMEOUT_SLACK_MS: u64 = 20;
 
 /// Where a request-side event came from (what `Action::Pause` means there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +23,6 @@ enum Phase {
 #[derive(Debug, Clone, Copy)]
 struct Lookup {
     token: u32,
-    started_ms: u64,
-    timeout_ms: u64,
 }
 
 /// The state of one request, shared with the root context's watchdog.
@@ -42,10 +36,6 @@ pub struct Flow {
     /// Since when the request is held (reset on every event: progress), or `None`.
     held_since: Option<u64>,
     lookup: Option<Lookup>,
-    /// The verdict last written to the stream's filter state.
-    published: Option<String>,
-    /// The verdict last written into the request header map (config `verdict_header`).
-    header_written: Option<String>,
     /// The request headers went on upstream: Envoy's wasm host no longer lets the plugin change
     /// the request header map (it answers `BadArgument`).
     headers_released: bool,
@@ -99,15 +89,9 @@ impl Flow {
     }
 
     fn publish(&mut self) {
-        let Some(stream) = &self.stream else {
-            return;
-        };
-        let verdict = stream.verdict();
-        if verdict == "pending" || self.published.as_deref() == Some(verdict.as_ref()) {
-            return;
+        if let Some(verdict) = self.stream.as_mut().and_then(Stream::verdict_update) {
+            let _ = abi::set_property(crate::VERDICT_PROPERTY, verdict.as_bytes());
         }
-        let _ = abi::set_property(crate::VERDICT_PROPERTY, verdict.as_bytes());
-        self.published = Some(verdict.into_owned());
     }
 
     /// Writes the verdict into the request header map (config `verdict_header`), for tracers
@@ -128,22 +112,19 @@ impl Flow {
         let Some(name) = stream.engine().config().verdict_header.as_deref() else {
             return;
         };
-        let verdict = stream.verdict();
-        if verdict == "pending" || self.header_written.as_deref() == Some(verdict.as_ref()) {
-            return;
-        }
-        // Not fatal: the verdict is still in the filter state.
-        if let Err(e) = abi::replace_request_header(name, verdict.as_bytes()) {
+        // Called once, before the one local reply. Not fatal: the verdict is also in the
+        // filter state.
+        if let Err(e) = abi::replace_request_header(name, stream.verdict().as_bytes()) {
             log_warn(&format!(
                 "transparent-cache: could not write the verdict header: {e}"
             ));
         }
-        self.header_written = Some(verdict.into_owned());
     }
 
+    /// Offers a record to the engine's queue; the root context sends it at its next tick.
     fn record(&self, decision: Decision) {
-        if let Decision::Record(callout) = decision {
-            self.shared.records.borrow_mut().push_back(callout);
+        if let (Decision::Record(callout), Some(stream)) = (decision, &self.stream) {
+            stream.engine().records().push(callout);
         }
     }
 
@@ -165,19 +146,13 @@ impl Flow {
             Decision::Lookup(callout) => match dispatch(&callout) {
                 Ok(token) => {
                     self.hold();
-                    self.lookup = Some(Lookup {
-                        token,
-                        started_ms: crate::now_ms(),
-                        timeout_ms: callout.timeout_ms,
-                    });
+                    self.lookup = Some(Lookup { token });
                     Action::Pause
                 }
                 Err(why) => {
                     log_warn(&format!("transparent-cache: lookup not sent: {why}"));
                     let next = match self.stream.as_mut() {
-                        Some(s) => {
-                            s.on_lookup_result(LookupResult::Failed(LookupFailure::Transport))
-                        }
+                        Some(s) => s.on_lookup_reply(None),
                         None => Decision::Resume,
                     };
                     return self.on_request_decision(next, phase);
@@ -247,16 +222,12 @@ impl Flow {
     }
 
     fn on_lookup_answer(&mut self, token: u32, body_size: usize) {
-        let Some(lookup) = self.lookup.filter(|l| l.token == token) else {
+        if self.lookup.take_if(|l| l.token == token).is_none() {
             return;
-        };
-        self.lookup = None;
-        let elapsed = crate::now_ms().saturating_sub(lookup.started_ms);
-        let timed_out = elapsed.saturating_add(TIMEOUT_SLACK_MS) >= lookup.timeout_ms;
+        }
         let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
             .ok()
-            .flatten()
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+            .flatten();
         let content_type =
             hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, "content-type")
                 .ok()
@@ -269,40 +240,16 @@ impl Flow {
                 .flatten()
                 .unwrap_or_default()
         };
-        let result = match status {
-            None if timed_out => LookupResult::Failed(LookupFailure::Timeout),
-            None => LookupResult::Failed(LookupFailure::Transport),
-            Some(s) => match envoy_local_reply(s, &body, timed_out) {
-                Some(failure) => LookupResult::Failed(failure),
-                None => LookupResult::Answer {
-                    status: s,
-                    content_type: content_type.as_deref(),
-                    body: &body,
-                },
-            },
+        let reply = LookupReply {
+            status: status.as_deref(),
+            content_type: content_type.as_deref(),
+            body: &body,
         };
         let Some(stream) = self.stream.as_mut() else {
             return;
         };
-        let d = stream.on_lookup_result(result);
+        let d = stream.on_lookup_reply(Some(reply));
         self.carry_out_async(d);
-    }
-}
-
-/// Envoy answers a callout itself when it cannot reach the backend: 504 `upstream request timeout`
-/// when the callout's timeout fires, 503 with `upstream connect error ...` or `no healthy
-/// upstream` when the connection fails. Those are not the backend's answers.
-fn envoy_local_reply(status: u16, body: &[u8], timed_out: bool) -> Option<LookupFailure> {
-    match status {
-        504 if timed_out && body.starts_with(b"upstream request timeout") => {
-            Some(LookupFailure::Timeout)
-        }
-        503 if body.starts_with(b"upstream connect error")
-            || body.starts_with(b"no healthy upstream") =>
-        {
-            Some(LookupFailure::Transport)
-        }
-        _ => None,
     }
 }
 
@@ -334,8 +281,6 @@ impl Http {
                 buffered: 0,
                 held_since: None,
                 lookup: None,
-                published: None,
-                header_written: None,
                 headers_released: false,
                 served_content_type: Vec::new(),
             })),
@@ -406,14 +351,6 @@ fn headers(pairs: Vec<(String, Vec<u8>)>) -> Vec<Header> {
         .into_iter()
         .map(|(n, v)| (n.into_bytes(), v))
         .collect()
-}
-
-fn status_of(map: MapType) -> u16 {
-    hostcalls::get_map_value_bytes(map, ":status")
-        .ok()
-        .flatten()
-        .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
-        .unwrap_or(0)
 }
 
 impl Context for Http {
@@ -501,8 +438,8 @@ impl HttpContext for Http {
         if finished {
             return Action::Continue;
         }
-        let status = status_of(MapType::HttpResponseHeaders);
         let h = headers(self.get_http_response_headers_bytes());
+        let status = filter_core::http::status(&h).unwrap_or(0);
         self.response_event(|s| s.on_response_headers(status, h, end_of_stream))
     }
 

@@ -1,7 +1,7 @@
 //! The root context: configuration, counters, the record queue and the hold watchdog.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,16 +14,11 @@ use proxy_wasm::types::ContextType;
 use crate::http::{Flow, Http};
 use crate::metrics::EnvoyCounters;
 
-/// Records waiting for the next tick beyond this are dropped (and counted).
-const MAX_QUEUED_RECORDS: usize = 1024;
-/// Records in flight beyond this wait in the queue.
-const MAX_RECORDS_IN_FLIGHT: usize = 64;
-
-/// What the root context shares with the streams it creates.
+/// What the root context shares with the streams it creates. (Records go through the engine's
+/// queue, [`filter_core::RecordQueue`], and are sent from the root context so they outlive the
+/// stream.)
 #[derive(Default)]
 pub struct Shared {
-    /// Records handed over by streams; sent from the root context so they outlive the stream.
-    pub records: RefCell<VecDeque<Callout>>,
     /// Streams that may be holding their request, by context id (watched by the tick).
     pub held: RefCell<BTreeMap<u32, Weak<RefCell<Flow>>>>,
 }
@@ -33,8 +28,8 @@ pub struct Root {
     context_id: u32,
     engine: Option<Arc<Engine>>,
     shared: Rc<Shared>,
-    /// Record callouts in flight: token → nothing (the engine counts the outcome).
-    in_flight: BTreeMap<u32, ()>,
+    /// Record callouts in flight: callout token → the queue's ticket.
+    in_flight: BTreeMap<u32, u64>,
 }
 
 impl Root {
@@ -47,34 +42,24 @@ impl Root {
         }
     }
 
+    /// Sends what the engine's record queue hands out (it bounds how many are in flight).
     fn send_records(&mut self) {
         let Some(engine) = self.engine.clone() else {
             return;
         };
-        loop {
-            if self.in_flight.len() >= MAX_RECORDS_IN_FLIGHT {
-                break;
-            }
-            let Some(callout) = self.shared.records.borrow_mut().pop_front() else {
-                break;
-            };
-            match dispatch(&callout) {
+        while let Some(out) = engine.records().next() {
+            match dispatch(&out.callout) {
                 Ok(token) => {
-                    self.in_flight.insert(token, ());
+                    self.in_flight.insert(token, out.ticket);
                 }
                 Err(why) => {
                     log_warn(&format!(
                         "record to cluster {:?} not sent: {why}",
-                        callout.cluster
+                        out.callout.cluster
                     ));
-                    engine.on_record_result(RecordResult::Failed);
+                    engine.records().finish(out.ticket, RecordResult::Failed);
                 }
             }
-        }
-        let mut queue = self.shared.records.borrow_mut();
-        while queue.len() > MAX_QUEUED_RECORDS {
-            queue.pop_front();
-            engine.on_record_result(RecordResult::Dropped);
         }
     }
 
@@ -114,14 +99,9 @@ impl Root {
 }
 
 pub(crate) fn dispatch(callout: &Callout) -> Result<u32, String> {
-    let headers: Vec<(&str, &str)> = callout
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
     hostcalls::dispatch_http_call(
         &callout.cluster,
-        headers,
+        callout.header_pairs(),
         Some(&callout.body),
         Vec::new(),
         Duration::from_millis(callout.timeout_ms),
@@ -163,21 +143,19 @@ impl Context for Root {
         _body_size: usize,
         _num_trailers: usize,
     ) {
-        if self.in_flight.remove(&token_id).is_none() {
+        let Some(ticket) = self.in_flight.remove(&token_id) else {
             return;
-        }
+        };
         let status = hostcalls::get_map_value_bytes(
             proxy_wasm::types::MapType::HttpCallResponseHeaders,
             ":status",
         )
         .ok()
         .flatten()
-        .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+        .and_then(|s| filter_core::http::parse_status(&s));
         if let Some(engine) = &self.engine {
-            engine.on_record_result(match status {
-                Some(s) => RecordResult::Status(s),
-                None => RecordResult::Failed,
-            });
+            let result = status.map_or(RecordResult::Failed, RecordResult::Status);
+            engine.records().finish(ticket, result);
         }
         // Room for more: do not wait for the next tick.
         self.send_records();

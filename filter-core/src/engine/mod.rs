@@ -11,6 +11,7 @@ use crate::codec::{self, Format, RequestView, ResponseView, SpanIds, SpanMeta};
 use crate::config::{Config, Mode, OnBackendError, OnErrorAnswer, RequestMode, SessionSource};
 use crate::http::{self, Header, Response};
 use crate::metrics::{Bypass, Counter, LookupFailure, Metrics};
+use crate::records::RecordQueue;
 use crate::trace;
 
 /// Facts about the proxy the filter runs in, read by the host from Envoy's node metadata.
@@ -46,6 +47,14 @@ pub struct Callout {
 }
 
 impl Callout {
+    /// The headers as `(name, value)` string pairs, as the hosts' callout APIs take them.
+    pub fn header_pairs(&self) -> Vec<(&str, &str)> {
+        self.headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect()
+    }
+
     /// A header of the callout by name (`:path`, `:authority`, ...).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -90,6 +99,20 @@ pub enum LookupResult<'a> {
     Failed(LookupFailure),
 }
 
+/// What came back for a lookup callout, as the host got it: the raw `:status` value (none when
+/// the host delivered no response headers), the `content-type` and the body. The engine tells a
+/// backend answer from Envoy's own local replies ([`Stream::on_lookup_reply`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LookupReply<'a> {
+    pub status: Option<&'a [u8]>,
+    pub content_type: Option<&'a [u8]>,
+    pub body: &'a [u8],
+}
+
+/// How close to its timeout a lookup that ended without a backend answer counts as timed out
+/// (the host's clock and Envoy's timer are not exact).
+pub const TIMEOUT_SLACK_MS: u64 = 50;
+
 /// How a record callout ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordResult {
@@ -105,6 +128,7 @@ pub struct Engine {
     service_name: String,
     services: Services,
     ids: AtomicU64,
+    records: RecordQueue,
 }
 
 impl std::fmt::Debug for Engine {
@@ -126,6 +150,7 @@ impl Engine {
             .unwrap_or_else(|| "unknown_service".to_string());
         Engine {
             ids: AtomicU64::new(services.seed),
+            records: RecordQueue::new(config.records, services.metrics.clone()),
             config,
             service_name,
             services,
@@ -177,13 +202,10 @@ impl Engine {
         id
     }
 
-    /// Counts the outcome of a record callout.
-    pub fn on_record_result(&self, result: RecordResult) {
-        match result {
-            RecordResult::Status(s) if (200..300).contains(&s) => self.count(Counter::RecordsSent),
-            RecordResult::Dropped => self.count(Counter::RecordsDropped),
-            _ => self.count(Counter::RecordFailures),
-        }
+    /// The record queue every stream of this engine feeds and the host sends from
+    /// ([`crate::records`]).
+    pub fn records(&self) -> &RecordQueue {
+        &self.records
     }
 
     fn callout(&self, path: &str, accept: bool, body: Vec<u8>, timeout_ms: u64) -> Callout {
@@ -267,6 +289,10 @@ pub struct Stream {
     header_edits: Vec<Header>,
     trace: SpanIds,
     body: Vec<u8>,
+    /// When the lookup went out, in milliseconds of the engine's clock.
+    lookup_started_ms: u64,
+    /// The verdict last handed to the host ([`Stream::verdict_update`]).
+    published: Option<std::borrow::Cow<'static, str>>,
     /// After the lookup of a request to be recorded whose body is not UTF-8: the body's base64,
     /// which goes into both spans, so it is encoded once and `body` is dropped.
     body_base64: Option<String>,
@@ -337,6 +363,8 @@ impl Stream {
             trace: SpanIds::default(),
             body: Vec::new(),
             body_base64: None,
+            lookup_started_ms: 0,
+            published: None,
             start_unix_nanos: 0,
             status: 0,
             response_headers: Vec::new(),
@@ -393,6 +421,17 @@ impl Stream {
                 .into()
             }
         }
+    }
+
+    /// The verdict when it changed since the last call (none while `pending`): what a host writes
+    /// to its filter state, dynamic metadata or logs, once per change.
+    pub fn verdict_update(&mut self) -> Option<std::borrow::Cow<'static, str>> {
+        let verdict = self.verdict();
+        if verdict == "pending" || self.published.as_ref() == Some(&verdict) {
+            return None;
+        }
+        self.published = Some(verdict.clone());
+        Some(verdict)
     }
 
     /// The host held this request longer than it will wait (the lookup timeout plus a margin)
@@ -593,6 +632,7 @@ impl Stream {
 
     fn lookup(&mut self) -> Decision {
         self.state = State::AwaitingLookup;
+        self.lookup_started_ms = self.engine.now() / 1_000_000;
         self.engine.count(Counter::Lookups);
         // A binary body that will also be recorded goes into two spans as base64: encode it once
         // here rather than in each span (base64 is most of the engine's work on a miss), and hold
@@ -613,7 +653,37 @@ impl Stream {
         )
     }
 
-    /// The lookup callout ended.
+    /// The lookup callout came back with a response (`reply`), or none at all (`None`: the host
+    /// could not make the call, or it ended without response headers). Envoy answers a callout
+    /// itself when the backend can't be reached: no headers or a `504` when the callout's timeout
+    /// fires, a `503` (`upstream connect error ...`, `no healthy upstream`) when the connection
+    /// fails. Those are faults, told apart here from the backend's own answers.
+    pub fn on_lookup_reply(&mut self, reply: Option<LookupReply<'_>>) -> Decision {
+        let elapsed = (self.engine.now() / 1_000_000).saturating_sub(self.lookup_started_ms);
+        let timed_out =
+            elapsed.saturating_add(TIMEOUT_SLACK_MS) >= self.config().backend.lookup_timeout_ms;
+        let result = match reply.map(|r| (r.status.and_then(http::parse_status), r)) {
+            None | Some((None, _)) if timed_out => LookupResult::Failed(LookupFailure::Timeout),
+            None | Some((None, _)) => LookupResult::Failed(LookupFailure::Transport),
+            Some((Some(504), r)) if timed_out && !is_error_answer(504, r.content_type, r.body) => {
+                LookupResult::Failed(LookupFailure::Timeout)
+            }
+            Some((Some(503), r))
+                if r.body.starts_with(b"upstream connect error")
+                    || r.body.starts_with(b"no healthy upstream") =>
+            {
+                LookupResult::Failed(LookupFailure::Transport)
+            }
+            Some((Some(status), r)) => LookupResult::Answer {
+                status,
+                content_type: r.content_type,
+                body: r.body,
+            },
+        };
+        self.on_lookup_result(result)
+    }
+
+    /// The lookup callout ended, already classified (the sidecar's own client, tests).
     pub fn on_lookup_result(&mut self, result: LookupResult<'_>) -> Decision {
         if self.state != State::AwaitingLookup {
             return Decision::Continue;

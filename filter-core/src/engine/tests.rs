@@ -1,6 +1,7 @@
 //! Engine decisions the golden cases cannot express: what each event returns per request mode,
 //! bypasses decided at the headers, events after the end, and the callouts' own headers.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::*;
@@ -360,7 +361,14 @@ fn record_results_are_counted() {
         RecordResult::Failed,
         RecordResult::Dropped,
     ] {
-        engine.on_record_result(r);
+        engine.records().push(Callout {
+            cluster: "c".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            timeout_ms: 1,
+        });
+        let out = engine.records().next().unwrap();
+        engine.records().finish(out.ticket, r);
     }
     assert_eq!(c.get(Counter::RecordsSent), 3);
     assert_eq!(c.get(Counter::RecordFailures), 4);
@@ -518,4 +526,120 @@ fn a_pre_encoded_request_body_writes_the_same_bytes_as_the_raw_body() {
         codec::body_base64(&[], b"text").is_some(),
         "no content type: binary, as the agents"
     );
+}
+
+/// A stream whose engine clock the test moves (milliseconds).
+fn timed_stream(config: &str) -> (Stream, Arc<AtomicCounters>, Arc<AtomicU64>) {
+    let counters = Arc::new(AtomicCounters::default());
+    let now = Arc::new(AtomicU64::new(1_000));
+    let clock = now.clone();
+    let engine = Engine::new(
+        Config::from_json(config.as_bytes()).unwrap(),
+        &Node::default(),
+        Services {
+            metrics: counters.clone(),
+            clock: Box::new(move || clock.load(Ordering::Relaxed) * 1_000_000),
+            seed: 1,
+        },
+    );
+    (Stream::new(Arc::new(engine)), counters, now)
+}
+
+#[test]
+fn lookup_replies_are_told_from_envoys_own_local_replies() {
+    // (what, ms after the lookup went out, `:status`, body, the counter it lands in)
+    type Case<'a> = (&'a str, u64, Option<&'a [u8]>, &'a [u8], Counter);
+    let cases: &[Case<'_>] = &[
+        // No response headers: a failure, a timeout when it came at the deadline.
+        (
+            "no reply, early",
+            10,
+            None,
+            b"",
+            Counter::LookupErrorTransport,
+        ),
+        (
+            "no reply, at the deadline",
+            480,
+            None,
+            b"",
+            Counter::LookupErrorTimeout,
+        ),
+        // Envoy's timeout reply.
+        (
+            "504 at the deadline",
+            499,
+            Some(b"504"),
+            b"upstream request timeout",
+            Counter::LookupErrorTimeout,
+        ),
+        // A 504 well before the deadline is the backend's own answer.
+        (
+            "504 early",
+            10,
+            Some(b"504"),
+            b"gateway timeout",
+            Counter::LookupErrorStatus,
+        ),
+        // Envoy's connection failures.
+        (
+            "503 connect",
+            5,
+            Some(b"503"),
+            b"upstream connect error or disconnect/reset before headers",
+            Counter::LookupErrorTransport,
+        ),
+        (
+            "503 no upstream",
+            5,
+            Some(b"503"),
+            b"no healthy upstream",
+            Counter::LookupErrorTransport,
+        ),
+        (
+            "503 of the backend",
+            5,
+            Some(b"503"),
+            b"busy",
+            Counter::LookupErrorStatus,
+        ),
+        (
+            "garbage status",
+            5,
+            Some(b"2xx"),
+            b"",
+            Counter::LookupErrorTransport,
+        ),
+        (
+            "404",
+            5,
+            Some(b"404"),
+            b"{\"error\":\"no inject match\"}",
+            Counter::Misses,
+        ),
+    ];
+    for (what, after_ms, status, body, counter) in cases {
+        let (mut s, counters, now) = timed_stream(r#"{"backend": {"lookup_timeout_ms": 500}}"#);
+        callout(s.on_request_headers(request("GET", "/x", &[]), true));
+        now.fetch_add(*after_ms, Ordering::Relaxed);
+        let reply = status.map(|st| LookupReply {
+            status: Some(st),
+            content_type: None,
+            body,
+        });
+        let d = s.on_lookup_reply(reply);
+        assert_eq!(d, Decision::Resume, "{what}");
+        assert_eq!(counters.get(*counter), 1, "{what}");
+    }
+}
+
+#[test]
+fn the_verdict_is_handed_over_once_per_change() {
+    let (mut s, _) = stream("{}");
+    assert_eq!(s.verdict_update(), None, "pending");
+    s.on_request_headers(request("GET", "/x", &[]), true);
+    assert_eq!(s.verdict_update(), None, "still pending");
+    s.on_lookup_result(MISS);
+    assert_eq!(s.verdict_update().as_deref(), Some("miss"));
+    assert_eq!(s.verdict_update(), None, "unchanged");
 }
