@@ -18,7 +18,9 @@
 use std::sync::Arc;
 
 use filter_core::codec::{self, SpanIds};
-use filter_core::{AtomicCounters, Config, Decision, Engine, LookupResult, Node, Services, Stream};
+use filter_core::{
+    AtomicCounters, Config, Engine, LookupResult, Node, RecordResult, Services, Stream,
+};
 
 /// The size of the body pieces fed to the engine (Envoy hands a body over in slices of this order).
 pub const CHUNK: usize = 64 * 1024;
@@ -132,10 +134,7 @@ impl Session {
             decision = stream.on_request_body(chunk, chunks.peek().is_none());
         }
         self.stream = Some(stream);
-        match decision {
-            Decision::Lookup(callout) => callout.body,
-            _ => Vec::new(),
-        }
+        decision.effects.lookup.map(|c| c.body).unwrap_or_default()
     }
 
     /// The lookup answer in (`status` 404: a miss; 200: `answer` is the protobuf inject answer). On
@@ -149,12 +148,12 @@ impl Session {
             content_type: Some(b"application/x-protobuf"),
             body: answer,
         });
-        match decision {
-            Decision::Serve(response) => {
+        match decision.effects.reply {
+            Some(reply) => {
                 self.stream = None;
-                response.body
+                reply.response.body
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         }
     }
 
@@ -169,9 +168,17 @@ impl Session {
         while let Some(chunk) = chunks.next() {
             decision = stream.on_response_body(chunk, chunks.peek().is_none());
         }
-        match decision {
-            Decision::Record(callout) => callout.body,
-            _ => Vec::new(),
+        if !decision.effects.record_queued {
+            return Vec::new();
+        }
+        // Take the record back out of the engine's queue, as a host's sender would.
+        let records = self.engine.records();
+        match records.next() {
+            Some(out) => {
+                records.finish(out.ticket, RecordResult::Status(200));
+                out.callout.body
+            }
+            None => Vec::new(),
         }
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use filter_core::{Config, Decision, Engine, Node, Services, Stream, AtomicCounters};
+//! use filter_core::{Config, Engine, Flow, Node, Services, Stream, AtomicCounters};
 //!
 //! let config = Config::from_json(br#"{"mode": "record_and_inject"}"#).unwrap();
 //! let engine = Arc::new(Engine::new(config, &Node::default(), Services {
@@ -22,7 +22,9 @@
 //!     (b":authority".to_vec(), b"api.example.com".to_vec()),
 //! ];
 //! // A request without a body is held while the backend is asked.
-//! assert!(matches!(stream.on_request_headers(headers, true), Decision::Lookup(_)));
+//! let d = stream.on_request_headers(headers, true);
+//! assert_eq!(d.flow, Flow::Hold);
+//! assert!(d.effects.lookup.is_some());
 //! ```
 #![forbid(unsafe_code)]
 pub mod codec;
@@ -41,7 +43,8 @@ pub mod wire;
 pub use codec::{AnswerError, DecodeError, Direction, Format, Redactor};
 pub use config::{Config, ConfigError, Mode, OnBackendError, RequestMode, DEFAULT_VERDICT_HEADER};
 pub use engine::{
-    Callout, Decision, Engine, LookupReply, LookupResult, Node, RecordResult, Services, Stream,
+    Callout, Decision, Effects, Engine, Flow, LocalReply, LookupReply, LookupResult, Node,
+    RecordResult, Services, Stream,
 };
 pub use http::{Header, Response};
 pub use metrics::{AtomicCounters, Bypass, Counter, LookupFailure, Metrics};

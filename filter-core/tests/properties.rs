@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use filter_core::codec::{self, Format};
 use filter_core::{
-    AtomicCounters, Config, Decision, Engine, LookupFailure, LookupResult, Node, Services, Stream,
+    AtomicCounters, Config, Engine, Flow, LookupFailure, LookupResult, Node, Services, Stream,
 };
 use proptest::prelude::*;
 
@@ -133,14 +133,11 @@ proptest! {
         let mut all = vec![(b":method".to_vec(), b"POST".to_vec()), (b":path".to_vec(), b"/x".to_vec()), (b":authority".to_vec(), b"h".to_vec())];
         all.extend(headers);
         let mut d = s.on_request_headers(all, chunks.is_empty());
-        let mut held = matches!(d, Decision::Hold | Decision::Lookup(_));
         for (i, c) in chunks.iter().enumerate() {
-            if matches!(d, Decision::Lookup(_) | Decision::Serve(_)) { break; }
+            if d.effects.lookup.is_some() || d.flow == Flow::Stop { break; }
             d = s.on_request_body(c, i + 1 == chunks.len());
-            held = held || matches!(d, Decision::Hold | Decision::Lookup(_));
-            if matches!(d, Decision::PassThrough(_) | Decision::Resume) { held = false; }
         }
-        if let Decision::Lookup(_) = d {
+        if d.effects.lookup.is_some() {
             let result = match outcome {
                 0 => LookupResult::Answer { status: 404, content_type: None, body: &[] },
                 1 => LookupResult::Answer { status: 200, content_type: None, body: &answer },
@@ -150,10 +147,12 @@ proptest! {
                 _ => LookupResult::Failed(LookupFailure::Transport),
             };
             d = s.on_lookup_result(result);
-            prop_assert!(matches!(d, Decision::Resume | Decision::Serve(_)), "lookup ended in {:?}", d);
-            held = false;
+            prop_assert!(matches!(d.flow, Flow::Release | Flow::Stop), "lookup ended in {:?}", d);
         }
-        prop_assert!(!held || !matches!(d, Decision::Hold), "request left held: {:?}", d);
+        // Every chunk was delivered (or the stream was answered): nothing may stay held, and a
+        // held request always has a deadline for the host's timer.
+        prop_assert!(d.flow != Flow::Hold || d.effects.hold_deadline_ms.is_some(), "held without a deadline: {:?}", d);
+        prop_assert!(d.flow != Flow::Hold, "request left held: {:?}", d);
         let _ = s.on_response_headers(200, vec![(b"content-type".to_vec(), answer.clone())], false);
         let _ = s.on_response_body(&answer, true);
     }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use filter_core::{
-    AtomicCounters, Config, Counter, Decision, Engine, LookupFailure, LookupResult, Node, Services,
+    AtomicCounters, Config, Counter, Engine, Flow, LookupFailure, LookupResult, Node, Services,
     Stream,
 };
 
@@ -45,10 +45,11 @@ fn post() -> Vec<(Vec<u8>, Vec<u8>)> {
 fn verdicts() {
     let (mut s, _) = stream("{}");
     assert_eq!(s.verdict(), "pending");
-    assert!(matches!(
-        s.on_request_headers(get("/a"), true),
-        Decision::Lookup(_)
-    ));
+    assert!(s
+        .on_request_headers(get("/a"), true)
+        .effects
+        .lookup
+        .is_some());
     assert_eq!(s.verdict(), "pending");
     s.on_lookup_result(LookupResult::Answer {
         status: 404,
@@ -81,7 +82,7 @@ fn hold_expired_counts_a_timeout_and_releases() {
     // Awaiting the lookup.
     let (mut s, c) = stream("{}");
     s.on_request_headers(get("/a"), true);
-    assert_eq!(s.on_hold_expired(), Decision::Resume);
+    assert_eq!(s.on_hold_expired().flow, Flow::Release);
     assert_eq!(s.verdict(), "error:timeout");
     assert_eq!(c.get(Counter::LookupErrorTimeout), 1);
     // A late answer changes nothing.
@@ -90,23 +91,23 @@ fn hold_expired_counts_a_timeout_and_releases() {
         content_type: None,
         body: b"",
     });
-    assert_eq!(late, Decision::Continue);
+    assert_eq!(late.flow, Flow::Continue);
     assert_eq!(c.get(Counter::Misses), 0);
 
     // Still buffering the body (hold_headers).
     let (mut s, c) = stream(r#"{"request_mode": "hold_headers"}"#);
-    assert_eq!(s.on_request_headers(post(), false), Decision::Hold);
-    assert_eq!(s.on_hold_expired(), Decision::Resume);
+    assert_eq!(s.on_request_headers(post(), false).flow, Flow::Hold);
+    assert_eq!(s.on_hold_expired().flow, Flow::Release);
     assert_eq!(c.get(Counter::LookupErrorTimeout), 1);
-    assert_eq!(s.on_request_body(b"x", true), Decision::Continue);
+    assert_eq!(s.on_request_body(b"x", true).flow, Flow::Continue);
 
     // Strict mode serves its 502.
     let (mut s, _) = stream(r#"{"on_backend_error": "fail"}"#);
     s.on_request_headers(get("/a"), true);
-    assert!(matches!(s.on_hold_expired(), Decision::Serve(r) if r.status == 502));
+    assert_eq!(s.on_hold_expired().reply().map(|r| r.status), Some(502));
 
     // Nothing held: nothing to do.
     let (mut s, _) = stream(r#"{"mode": "record_only"}"#);
     s.on_request_headers(get("/a"), true);
-    assert_eq!(s.on_hold_expired(), Decision::Continue);
+    assert_eq!(s.on_hold_expired().flow, Flow::Continue);
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use filter_core::{
-    Callout, Config, Counter, Decision, Engine, LookupReply, Metrics, Node, RecordResult, Response,
+    Config, Counter, Decision, Engine, Flow, LookupReply, Metrics, Node, RecordResult, Response,
     Services, Stream,
 };
 
@@ -23,10 +23,6 @@ use crate::sdk::{
     BodyStatus, CalloutResult, CounterId, CounterSink, EnvoyHttpFilter, EnvoyHttpFilterConfig,
     HeaderRef, HeadersStatus, HttpFilter, HttpFilterConfig, LogLevel, Scheduler, TrailersStatus,
 };
-
-/// How long past the lookup timeout a request may stay held without progress before the
-/// watchdog releases it (as the wasm plugin's `HOLD_MARGIN_MS`).
-pub const HOLD_MARGIN_MS: u64 = 1000;
 
 /// The dynamic metadata the verdict ([`Stream::verdict`]) is written to: namespace and key
 /// (`%DYNAMIC_METADATA(transparent_cache:verdict)%`; a tracer's `metadata` custom tag with kind
@@ -156,21 +152,18 @@ struct Shared {
 }
 
 impl Shared {
-    /// Offers a record to the engine's queue and wakes the main thread; it outlives the stream
-    /// that made it.
-    fn record(&self, callout: Callout) {
-        let Some(scheduler) = &self.scheduler else {
-            self.engine.records().push(callout);
-            // Never sent without a scheduler: take it back out, counted as dropped.
-            while let Some(out) = self.engine.records().next() {
-                self.engine
-                    .records()
-                    .finish(out.ticket, RecordResult::Dropped);
+    /// A stream queued a record in the engine's queue: wake the main thread to send it (it
+    /// outlives the stream that made it). Without a scheduler nothing can send it: dropped.
+    fn wake_sender(&self) {
+        match &self.scheduler {
+            Some(scheduler) => scheduler.commit(0),
+            None => {
+                while let Some(out) = self.engine.records().next() {
+                    self.engine
+                        .records()
+                        .finish(out.ticket, RecordResult::Dropped);
+                }
             }
-            return;
-        };
-        if self.engine.records().push(callout) {
-            scheduler.commit(0);
         }
     }
 
@@ -295,8 +288,7 @@ impl<EC: EnvoyHttpFilterConfig, EHF: EnvoyHttpFilter + 'static> HttpFilterConfig
             id: self.shared.next_stream.fetch_add(1, Ordering::Relaxed),
             shared: self.shared.clone(),
             lookup: None,
-            holding: false,
-            held_since: None,
+            deadline: None,
             scheduler: None,
         })
     }
@@ -346,11 +338,9 @@ pub struct CacheFilter {
     id: u64,
     shared: Arc<Shared>,
     lookup: Option<Lookup>,
-    /// The request is stopped in Envoy (headers and/or body held).
-    holding: bool,
-    /// Since when the request is held without progress (reset by every request event).
-    held_since: Option<Instant>,
-    /// This stream's scheduler (made the first time the request is held), for the watchdog.
+    /// The timer the engine asked for ([`filter_core::Effects::hold_deadline_ms`]), if any.
+    deadline: Option<u64>,
+    /// This stream's scheduler (made the first time a timer is needed), for the watchdog.
     scheduler: Option<Arc<dyn Scheduler>>,
 }
 
@@ -360,19 +350,9 @@ impl Drop for CacheFilter {
     }
 }
 
-/// The most telling of two decisions made for slices of one body frame: anything that changes
-/// the stream beats `Continue`/`Hold`, and the later of two plain ones wins.
-fn merge(a: Decision, b: Decision) -> Decision {
-    match (&a, &b) {
-        (Decision::Continue | Decision::Hold, _) => b,
-        (_, Decision::Continue | Decision::Hold) => a,
-        _ => b,
-    }
-}
-
 /// Serves a hit. Envoy's local reply drops the `content-type` of a reply without a body (e.g. a
 /// hit served to HEAD), so such a response is sent as headers only, exactly as recorded.
-fn send<EHF: EnvoyHttpFilter>(envoy: &mut EHF, r: &Response) {
+fn send<EHF: EnvoyHttpFilter>(envoy: &mut EHF, r: &Response, details: &str) {
     let headers: Vec<HeaderRef<'_>> = r
         .headers
         .iter()
@@ -388,118 +368,85 @@ fn send<EHF: EnvoyHttpFilter>(envoy: &mut EHF, r: &Response) {
         all.extend(headers);
         envoy.send_response_headers(&all);
     } else {
-        envoy.send_response(r.status, &headers, &r.body, "transparent_cache_hit");
+        envoy.send_response(r.status, &headers, &r.body, details);
     }
 }
 
 impl CacheFilter {
-    /// How long the request may stay held without progress: the lookup timeout plus
-    /// [`HOLD_MARGIN_MS`].
-    fn hold_limit(&self) -> Duration {
-        let timeout = self.stream.engine().config().backend.lookup_timeout_ms;
-        Duration::from_millis(timeout.saturating_add(HOLD_MARGIN_MS))
-    }
-
-    /// Writes the verdict to the stream's dynamic metadata when it changed.
-    fn publish<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF) {
-        if let Some(verdict) = self.stream.verdict_update() {
-            envoy.set_dynamic_metadata_string(
-                VERDICT_METADATA_NAMESPACE,
-                VERDICT_METADATA_KEY,
-                &verdict,
-            );
-        }
-    }
-
-    /// Answers locally, the verdict written first.
-    fn serve<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF, r: &Response) {
-        self.publish(envoy);
-        send(envoy, r);
-    }
-
-    /// After a request event: a held request is watched from now (progress resets its clock);
-    /// a released one no longer.
-    fn watch<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF) {
-        if !self.holding || self.stream.is_finished() {
-            self.unwatch();
+    /// Arms (or moves) the watchdog for the engine's deadline, or stops watching.
+    fn watch<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF, deadline: Option<u64>) {
+        self.deadline = deadline;
+        let Some(at) = deadline else {
+            self.shared.watchdog.unwatch(self.id);
             return;
-        }
-        let now = Instant::now();
-        self.held_since = Some(now);
-        self.arm(envoy, now + self.hold_limit());
-    }
-
-    fn arm<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF, deadline: Instant) {
+        };
         if self.scheduler.is_none() {
             self.scheduler = envoy.new_scheduler().map(Arc::from);
         }
         if let Some(s) = &self.scheduler {
-            self.shared.watchdog.watch(self.id, deadline, s.clone());
+            let wait = Duration::from_millis(at.saturating_sub(unix_nanos() / 1_000_000));
+            self.shared
+                .watchdog
+                .watch(self.id, Instant::now() + wait, s.clone());
         }
     }
 
-    fn unwatch(&mut self) {
-        if self.held_since.take().is_some() {
-            self.shared.watchdog.unwatch(self.id);
-        }
-    }
-
-    /// Carries out a decision made inside a request event; returns whether Envoy must keep the
-    /// request (true) or let it go on (false).
-    fn act<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF, mut d: Decision) -> bool {
+    /// Carries out a decision's effects, in order; returns its flow (after a lookup that could
+    /// not be made, the flow of the engine's answer to that).
+    fn carry_out<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF, mut d: Decision) -> Flow {
         loop {
-            match d {
-                Decision::Continue => return self.holding,
-                Decision::Hold => return true,
-                Decision::Lookup(c) => {
-                    match envoy.http_callout(&c.cluster, &c.header_pairs(), &c.body, c.timeout_ms) {
-                        Ok(id) => {
-                            self.lookup = Some(Lookup { id });
-                            return true;
-                        }
-                        Err(_) => d = self.stream.on_lookup_reply(None),
-                    }
+            let e = d.effects;
+            for (name, value) in &e.set_request_headers {
+                if !envoy.set_request_header(name, value) {
+                    crate::abi::log(
+                        LogLevel::Warn,
+                        &format!(
+                            "transparent-cache: could not set the {} request header",
+                            String::from_utf8_lossy(name)
+                        ),
+                    );
                 }
-                Decision::Serve(r) => {
-                    self.serve(envoy, &r);
-                    return true;
+            }
+            if let Some(verdict) = &e.verdict {
+                envoy.set_dynamic_metadata_string(
+                    VERDICT_METADATA_NAMESPACE,
+                    VERDICT_METADATA_KEY,
+                    verdict,
+                );
+            }
+            if e.hold_deadline_ms != self.deadline {
+                self.watch(envoy, e.hold_deadline_ms);
+            }
+            if let Some(reply) = &e.reply {
+                send(envoy, &reply.response, reply.details);
+            }
+            if e.record_queued {
+                self.shared.wake_sender();
+            }
+            let Some(c) = &e.lookup else {
+                return d.flow;
+            };
+            match envoy.http_callout(&c.cluster, &c.header_pairs(), &c.body, c.timeout_ms) {
+                Ok(id) => {
+                    self.lookup = Some(Lookup { id });
+                    return d.flow;
                 }
-                Decision::Resume | Decision::PassThrough(_) => return false,
-                Decision::Record(c) => {
-                    self.shared.record(c);
-                    return self.holding;
-                }
+                Err(_) => d = self.stream.on_lookup_reply(None),
             }
         }
     }
 
+    /// Carries out a decision made outside the request events (lookup answer, watchdog).
+    fn carry_out_async<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF, d: Decision) {
+        if self.carry_out(envoy, d) == Flow::Release {
+            self.lookup = None;
+            envoy.continue_decoding();
+        }
+    }
+
+    /// Whether Envoy keeps the request (`true`) after a request event's decision.
     fn request_event<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF, d: Decision) -> bool {
-        let hold = self.act(envoy, d);
-        self.holding = hold;
-        self.watch(envoy);
-        self.publish(envoy);
-        hold
-    }
-
-    /// Carries out a decision made outside the request events (lookup answer, watchdog): the
-    /// request is answered or released, never left held.
-    fn act_async<EHF: EnvoyHttpFilter>(&mut self, envoy: &mut EHF, d: Decision) {
-        match d {
-            Decision::Serve(r) => {
-                self.holding = false;
-                self.unwatch();
-                self.serve(envoy, &r);
-            }
-            Decision::Resume | Decision::PassThrough(_) => {
-                self.holding = false;
-                self.unwatch();
-                self.publish(envoy);
-                envoy.continue_decoding();
-            }
-            Decision::Record(c) => self.shared.record(c),
-            Decision::Continue | Decision::Hold | Decision::Lookup(_) => {}
-        }
-        self.publish(envoy);
+        matches!(self.carry_out(envoy, d), Flow::Hold | Flow::Stop)
     }
 }
 
@@ -507,17 +454,6 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
     fn on_request_headers(&mut self, envoy: &mut EHF, end_of_stream: bool) -> HeadersStatus {
         let headers = envoy.request_headers();
         let d = self.stream.on_request_headers(headers, end_of_stream);
-        for (name, value) in self.stream.take_request_header_edits() {
-            if !envoy.set_request_header(&name, &value) {
-                crate::abi::log(
-                    LogLevel::Warn,
-                    &format!(
-                        "transparent-cache: could not set the {} request header",
-                        String::from_utf8_lossy(&name)
-                    ),
-                );
-            }
-        }
         if self.request_event(envoy, d) {
             HeadersStatus::StopIteration
         } else {
@@ -526,24 +462,28 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
     }
 
     fn on_request_body(&mut self, envoy: &mut EHF, end_of_stream: bool) -> BodyStatus {
-        if self.stream.is_finished() && !self.holding {
+        if self.stream.is_finished() && self.deadline.is_none() {
             return BodyStatus::Continue;
         }
-        let d = {
-            let chunks = envoy.received_request_body();
-            let n = chunks.len();
-            if n == 0 {
-                self.stream.on_request_body(&[], end_of_stream)
-            } else {
-                let mut d = Decision::Continue;
-                for (i, chunk) in chunks.iter().enumerate() {
-                    let eos = end_of_stream && i + 1 == n;
-                    d = merge(d, self.stream.on_request_body(chunk, eos));
-                }
-                d
-            }
-        };
-        if self.request_event(envoy, d) {
+        // One engine event per slice of the frame; the last one's flow decides.
+        let chunks: Vec<Vec<u8>> = envoy
+            .received_request_body()
+            .iter()
+            .map(|c| c.to_vec())
+            .collect();
+        let mut hold = false;
+        if chunks.is_empty() {
+            let d = self.stream.on_request_body(&[], end_of_stream);
+            hold = self.request_event(envoy, d);
+        }
+        let n = chunks.len();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let d = self
+                .stream
+                .on_request_body(chunk, end_of_stream && i + 1 == n);
+            hold = self.request_event(envoy, d);
+        }
+        if hold {
             BodyStatus::StopIterationAndBuffer
         } else {
             BodyStatus::Continue
@@ -565,13 +505,10 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
         }
         let headers = envoy.response_headers();
         let status = filter_core::http::status(&headers).unwrap_or(0);
-        if let Decision::Record(c) = self
+        let d = self
             .stream
-            .on_response_headers(status, headers, end_of_stream)
-        {
-            self.shared.record(c);
-        }
-        self.publish(envoy);
+            .on_response_headers(status, headers, end_of_stream);
+        self.carry_out(envoy, d);
         HeadersStatus::Continue
     }
 
@@ -579,11 +516,10 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
         if self.stream.is_finished() {
             return BodyStatus::Continue;
         }
-        let mut record = None;
-        {
+        let decisions: Vec<Decision> = {
             let chunks = envoy.received_response_body();
             let n = chunks.len();
-            let decisions: Vec<Decision> = if n == 0 {
+            if n == 0 {
                 vec![self.stream.on_response_body(&[], end_of_stream)]
             } else {
                 chunks
@@ -591,55 +527,37 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
                     .enumerate()
                     .map(|(i, c)| self.stream.on_response_body(c, end_of_stream && i + 1 == n))
                     .collect()
-            };
-            for d in decisions {
-                if let Decision::Record(c) = d {
-                    record = Some(c);
-                }
             }
+        };
+        for d in decisions {
+            self.carry_out(envoy, d);
         }
-        if let Some(c) = record {
-            self.shared.record(c);
-        }
-        self.publish(envoy);
         BodyStatus::Continue
     }
 
     fn on_response_trailers(&mut self, envoy: &mut EHF) -> TrailersStatus {
-        if let Decision::Record(c) = self.stream.on_response_trailers() {
-            self.shared.record(c);
-        }
-        self.publish(envoy);
+        let d = self.stream.on_response_trailers();
+        self.carry_out(envoy, d);
         TrailersStatus::Continue
     }
 
-    /// The watchdog: the request has been held past its limit without progress (e.g. the client
-    /// never finished the body, or Envoy never delivered it). Handled like a lookup timeout
-    /// (`lookup_errors_timeout`, verdict `error:timeout`): released, or the strict-mode 502.
+    /// The watchdog fired at the engine's deadline: the engine decides (a request held past it
+    /// without progress is released like a lookup timeout, or answered 502 in strict mode).
     fn on_scheduled(&mut self, envoy: &mut EHF, event_id: u64) {
-        if event_id != HOLD_EXPIRED_EVENT || !self.holding {
+        if event_id != HOLD_EXPIRED_EVENT || self.deadline.is_none() {
             return;
         }
-        let Some(since) = self.held_since else {
-            return;
-        };
-        let limit = self.hold_limit();
-        if since.elapsed() < limit {
-            // Progress since the watchdog looked: watch the new deadline.
-            self.arm(envoy, since + limit);
-            return;
+        let d = self.stream.on_timer();
+        if d.flow != Flow::Hold {
+            let limit = self.stream.hold_limit_ms();
+            crate::abi::log(
+                LogLevel::Warn,
+                &format!(
+                    "transparent-cache: request held over {limit} ms without progress; released"
+                ),
+            );
         }
-        crate::abi::log(
-            LogLevel::Warn,
-            &format!(
-                "transparent-cache: request held over {} ms without progress; released",
-                limit.as_millis()
-            ),
-        );
-        self.held_since = None;
-        self.lookup = None;
-        let d = self.stream.on_hold_expired();
-        self.act_async(envoy, d);
+        self.carry_out_async(envoy, d);
     }
 
     fn on_http_callout_done(
@@ -650,13 +568,9 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
         headers: &[HeaderRef<'_>],
         body: &[&[u8]],
     ) {
-        let Some(lookup) = self.lookup else {
-            return;
-        };
-        if lookup.id != callout_id {
+        if self.lookup.take_if(|l| l.id == callout_id).is_none() {
             return;
         }
-        self.lookup = None;
         // The codec needs the answer contiguous: borrow Envoy's slice when there is one, copy
         // only when the answer came in several.
         let joined;
@@ -674,7 +588,13 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
             body: answer,
         });
         let d = self.stream.on_lookup_reply(reply);
-        self.act_async(envoy, d);
+        self.carry_out_async(envoy, d);
+    }
+
+    fn on_stream_complete(&mut self, envoy: &mut EHF) {
+        // The stream is over: an unfinished exchange (a reset) is dropped, unrecorded.
+        let d = self.stream.on_reset();
+        self.carry_out(envoy, d);
     }
 }
 

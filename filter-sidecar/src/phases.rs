@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     HeadersResponse, ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
 use envoy_types::pb::google::protobuf::BoolValue;
-use filter_core::{Callout, Decision, Header, LookupResult, Response, Stream};
+use filter_core::{Callout, Decision, Flow, Header, LookupResult, Response, Stream};
 
 /// The processing mode the Envoy filter config must set (and the one [`Phases`] assumes).
 pub const STATIC_MODE: ProcessingMode = ProcessingMode {
@@ -48,10 +48,11 @@ pub enum Phase {
 /// What the host does with one `ProcessingRequest`.
 #[derive(Debug)]
 pub enum Step {
-    /// Send this response; if `record` is set, queue that record (never on the stream's path).
+    /// Send this response; if `record_queued`, the engine queued a record: wake the sender
+    /// (never on the stream's path).
     Respond {
         response: Box<ProcessingResponse>,
-        record: Option<Callout>,
+        record_queued: bool,
     },
     /// Make this lookup, then call [`Phases::after_lookup`] and send what it returns.
     Lookup(Callout),
@@ -186,17 +187,16 @@ impl Phases {
                 self.head = filter_core::http::header(&headers, ":method")
                     .is_some_and(|m| m.eq_ignore_ascii_case(b"HEAD"));
                 let d = self.stream.on_request_headers(headers, h.end_of_stream);
-                self.edits = self.stream.take_request_header_edits();
                 self.decide(Phase::RequestHeaders, d, h.end_of_stream)
             }
             Q::RequestBody(b) => {
                 let d = self.stream.on_request_body(&b.body, b.end_of_stream);
-                if !b.end_of_stream && matches!(d, Decision::Hold | Decision::Continue) {
+                if !b.end_of_stream && matches!(d.flow, Flow::Hold | Flow::Continue) {
                     // BUFFERED_PARTIAL sends one message: without end_of_stream, the rest of the
                     // body goes upstream without us (Envoy's buffer limit, or trailers follow).
                     // Never look up a truncated body: let it all go on.
                     self.notes.request_body_incomplete = true;
-                    return self.respond(Phase::RequestBody, Some(skip_all()), None);
+                    return self.respond(Phase::RequestBody, Some(skip_all()), false);
                 }
                 self.decide(Phase::RequestBody, d, b.end_of_stream)
             }
@@ -230,20 +230,20 @@ impl Phases {
         let mut d = self.stream.on_lookup_result(result);
         if let (
             true,
-            Decision::Serve(served),
-            filter_core::LookupResult::Answer {
+            Some(reply),
+            LookupResult::Answer {
                 body, content_type, ..
             },
-        ) = (self.head, &mut d, result)
+        ) = (self.head, d.effects.reply.as_mut(), result)
         {
             // A hit served to HEAD: the engine dropped the body, but Envoy's local reply keeps the
             // content type (and sets the length) only when it has one, and never sends it to a
             // HEAD. Hand Envoy the recorded body so the client sees the recorded headers.
-            if served.body.is_empty() {
+            if reply.response.body.is_empty() {
                 let format = filter_core::Format::from_content_type(content_type);
                 let redactor = &self.stream.engine().config().redactor;
                 if let Ok(recorded) = filter_core::codec::decode_answer(body, format, redactor) {
-                    served.body = recorded.body;
+                    reply.response.body = recorded.body;
                 }
             }
         }
@@ -278,46 +278,47 @@ impl Phases {
             phase,
             Phase::RequestHeaders | Phase::RequestBody | Phase::RequestTrailers
         );
-        match d {
-            Decision::Lookup(callout) => {
-                self.pending = Some(phase);
-                Step::Lookup(callout)
-            }
-            Decision::Serve(response) => Step::Respond {
-                response: Box::new(self.immediate(response)),
-                record: None,
-            },
-            Decision::Record(callout) => {
-                let o = (phase == Phase::ResponseHeaders).then(|| {
-                    mode(|m| {
-                        m.request_body_mode = BodySendMode::None as i32;
-                        m.response_body_mode = BodySendMode::None as i32;
-                    })
-                });
-                self.respond(phase, o, Some(callout))
-            }
-            Decision::Continue | Decision::Hold | Decision::Resume | Decision::PassThrough(_) => {
-                let o = if request_phase {
-                    self.request_override(phase, end_of_stream)
-                } else if phase == Phase::ResponseHeaders && self.stream.is_finished() {
-                    // Not recorded (status, size) or already complete: skip the response body.
-                    Some(mode(|m| {
-                        m.request_body_mode = BodySendMode::None as i32;
-                        m.response_body_mode = BodySendMode::None as i32;
-                    }))
-                } else {
-                    None
-                };
-                self.respond(phase, o, None)
-            }
+        let e = d.effects;
+        if !e.set_request_headers.is_empty() {
+            self.edits = e.set_request_headers;
         }
+        if let Some(callout) = e.lookup {
+            self.pending = Some(phase);
+            return Step::Lookup(callout);
+        }
+        if let Some(reply) = e.reply {
+            return Step::Respond {
+                response: Box::new(self.immediate(reply.response, reply.details)),
+                record_queued: false,
+            };
+        }
+        let o = if e.record_queued && phase == Phase::ResponseHeaders {
+            // Recorded complete with the headers: the response body is not needed.
+            Some(mode(|m| {
+                m.request_body_mode = BodySendMode::None as i32;
+                m.response_body_mode = BodySendMode::None as i32;
+            }))
+        } else if e.record_queued {
+            None
+        } else if request_phase {
+            self.request_override(phase, end_of_stream)
+        } else if phase == Phase::ResponseHeaders && self.stream.is_finished() {
+            // Not recorded (status, size) or already complete: skip the response body.
+            Some(mode(|m| {
+                m.request_body_mode = BodySendMode::None as i32;
+                m.response_body_mode = BodySendMode::None as i32;
+            }))
+        } else {
+            None
+        };
+        self.respond(phase, o, e.record_queued)
     }
 
     fn respond(
         &self,
         phase: Phase,
         mode_override: Option<ProcessingMode>,
-        record: Option<Callout>,
+        record_queued: bool,
     ) -> Step {
         let mut response = continue_response(phase, mode_override);
         if phase == Phase::RequestHeaders && !self.edits.is_empty() {
@@ -330,7 +331,7 @@ impl Phases {
         }
         Step::Respond {
             response: Box::new(response),
-            record,
+            record_queued,
         }
     }
 
@@ -370,7 +371,7 @@ impl Phases {
     }
 
     /// A locally generated answer: the recorded status, headers (repeats kept in order) and body.
-    fn immediate(&self, response: Response) -> ProcessingResponse {
+    fn immediate(&self, response: Response, details: &str) -> ProcessingResponse {
         let mut seen: Vec<String> = Vec::new();
         let set_headers = response
             .headers
@@ -403,7 +404,7 @@ impl Phases {
                     }),
                     body: response.body,
                     grpc_status: None,
-                    details: "transparent_cache".to_string(),
+                    details: details.to_string(),
                 },
             )),
             ..ProcessingResponse::default()

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use filter_core::{Callout, Engine, RecordResult};
+use filter_core::{Engine, RecordResult};
 use tokio::sync::Notify;
 
 use crate::backend::{CallOutcome, Caller};
@@ -41,13 +41,9 @@ impl RecordQueue {
         }
     }
 
-    /// Offers a record without waiting (the engine's queue drops it, counted, when full).
-    pub fn push(&self, callout: Callout) {
-        if self.engine.records().push(callout) {
-            self.wake.notify_one();
-        } else {
-            tracing::warn!("record queue full: record dropped");
-        }
+    /// A stream's engine queued a record: wake the worker.
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// The worker finishes what is queued, then ends.

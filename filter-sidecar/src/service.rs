@@ -80,9 +80,12 @@ pub async fn run_stream<C: Caller>(
         };
         let response = match phases.handle(msg) {
             Step::Nothing => continue,
-            Step::Respond { response, record } => {
-                if let Some(r) = record {
-                    records.push(r);
+            Step::Respond {
+                response,
+                record_queued,
+            } => {
+                if record_queued {
+                    records.wake();
                 }
                 *response
             }

@@ -5,8 +5,8 @@
 //! [`filter_core::Decision`]s they return. Everything about caching lives in `filter-core`.
 //!
 //! * [`root::Root`] (one per plugin configuration and worker): parses the configuration once,
-//!   defines the counters, sends the records (so they survive the streams that produced them) and
-//!   runs a watchdog that releases any request held longer than the lookup timeout plus a margin.
+//!   defines the counters, sends the engine's records (so they survive the streams that produced
+//!   them) and fires the timers the engine asks for (a request held past its deadline).
 //! * [`http::Http`] (one per request): feeds the engine and holds, resumes or answers the request.
 //!
 //! See `filter-wasm/README.md` for the Envoy configuration and the request modes.
@@ -23,9 +23,6 @@ pub const VERDICT_PROPERTY: &str = "transparent_cache.verdict";
 
 /// Prefix of the counters; Envoy shows them as `wasmcustom.transparent_cache.<counter>`.
 pub const STAT_PREFIX: &str = "transparent_cache";
-
-/// How long past the lookup timeout a request may stay held before the watchdog releases it.
-pub const HOLD_MARGIN_MS: u64 = 1000;
 
 /// How often the root context sends queued records and runs the watchdog.
 pub const TICK_MS: u64 = 20;

@@ -1,4 +1,5 @@
-//! The root context: configuration, counters, the record queue and the hold watchdog.
+//! The root context: configuration, counters, sending the engine's records, and the timers the
+//! engine asks for (a request held past its deadline).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use crate::metrics::EnvoyCounters;
 /// stream.)
 #[derive(Default)]
 pub struct Shared {
-    /// Streams that may be holding their request, by context id (watched by the tick).
+    /// Streams with a timer (the engine's hold deadline), by context id (checked every tick).
     pub held: RefCell<BTreeMap<u32, Weak<RefCell<Flow>>>>,
 }
 
@@ -63,10 +64,10 @@ impl Root {
         }
     }
 
-    /// Releases every request held longer than its lookup timeout plus [`crate::HOLD_MARGIN_MS`].
-    fn watch_holds(&mut self) {
+    /// Fires the timer of every request whose engine-given deadline has passed.
+    fn fire_timers(&mut self) {
         let now = crate::now_ms();
-        let mut expired = Vec::new();
+        let mut due = Vec::new();
         self.shared.held.borrow_mut().retain(|id, weak| {
             let Some(flow) = weak.upgrade() else {
                 return false;
@@ -74,22 +75,25 @@ impl Root {
             let Ok(flow) = flow.try_borrow() else {
                 return true;
             };
-            match flow.held_since() {
+            match flow.deadline() {
                 None => false,
-                Some(since) => {
-                    if now.saturating_sub(since) > flow.hold_limit_ms() {
-                        expired.push(*id);
+                Some(at) => {
+                    if now >= at {
+                        due.push(*id);
                     }
                     true
                 }
             }
         });
-        for id in expired {
-            let flow = self.shared.held.borrow_mut().remove(&id);
-            if let Some(flow) = flow.and_then(|w| w.upgrade()) {
+        for id in due {
+            let flow = self.shared.held.borrow().get(&id).and_then(Weak::upgrade);
+            if let Some(flow) = flow {
                 if hostcalls::set_effective_context(id).is_ok() {
                     if let Ok(mut flow) = flow.try_borrow_mut() {
-                        flow.expire();
+                        flow.on_timer();
+                        if flow.deadline().is_none() {
+                            self.shared.held.borrow_mut().remove(&id);
+                        }
                     }
                 }
             }
@@ -201,7 +205,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         self.send_records();
-        self.watch_holds();
+        self.fire_timers();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use filter_core::codec::{self, Format, SpanIds};
-use filter_core::engine::{Decision, Engine, LookupResult, Node, Services, Stream};
+use filter_core::engine::{Decision, Engine, Flow, LookupResult, Node, Services, Stream};
 use filter_core::http::{Header, Response};
 use filter_core::metrics::{AtomicCounters, Counter, LookupFailure};
 use filter_core::otlp::{self, Value};
@@ -456,36 +456,33 @@ impl Sim<'_> {
         let mut held_headers = false;
         let mut held_body: Vec<u8> = Vec::new();
         let d = self.stream.on_request_headers(headers, chunks.is_empty());
-        self.edits = self.stream.take_request_header_edits();
+        self.edits = d.effects.set_request_headers.clone();
         let mut pending = Some(d);
         let mut next_chunk = 0usize;
         while let Some(d) = pending.take() {
-            match d {
-                Decision::Continue => {
-                    if !held_headers {
-                        self.headers_upstream = true;
-                    }
-                }
-                Decision::Hold => {
-                    if !self.headers_upstream {
-                        held_headers = true;
-                    }
-                }
-                Decision::Lookup(callout) => {
-                    held_headers = held_headers || !self.headers_upstream;
-                    pending = Some(self.lookup(&callout.body)?);
-                    continue;
-                }
-                Decision::Serve(resp) => {
-                    self.serve(resp);
-                    return Ok(());
-                }
-                Decision::Resume | Decision::PassThrough(_) => {
+            if d.effects.record_queued {
+                return Err("record decided on the request path".into());
+            }
+            match d.flow {
+                Flow::Continue | Flow::Release => {
                     self.headers_upstream = true;
                     held_headers = false;
                     self.body_upstream.append(&mut held_body);
                 }
-                Decision::Record(_) => return Err("record decided on the request path".into()),
+                Flow::Hold => {
+                    if !self.headers_upstream {
+                        held_headers = true;
+                    }
+                }
+                Flow::Stop => {
+                    let reply = d.effects.reply.ok_or("Stop without a reply")?;
+                    self.serve(reply.response);
+                    return Ok(());
+                }
+            }
+            if let Some(callout) = &d.effects.lookup {
+                pending = Some(self.lookup(&callout.body)?);
+                continue;
             }
             // Feed the next chunk; what it returns decides whether it is held.
             let Some(chunk) = chunks.get(next_chunk) else {
@@ -494,17 +491,11 @@ impl Sim<'_> {
             next_chunk += 1;
             let eos = next_chunk == chunks.len();
             let d = self.stream.on_request_body(chunk, eos);
-            match &d {
-                Decision::Hold | Decision::Lookup(_) => held_body.extend_from_slice(chunk),
-                Decision::Continue | Decision::PassThrough(_) | Decision::Resume => {
-                    if held_headers && matches!(d, Decision::Continue) {
-                        held_body.extend_from_slice(chunk);
-                    } else {
-                        self.body_upstream.append(&mut held_body);
-                        self.body_upstream.extend_from_slice(chunk);
-                    }
-                }
-                _ => {}
+            if d.flow == Flow::Hold {
+                held_body.extend_from_slice(chunk);
+            } else if d.flow != Flow::Stop {
+                self.body_upstream.append(&mut held_body);
+                self.body_upstream.extend_from_slice(chunk);
             }
             pending = Some(d);
         }
@@ -512,8 +503,7 @@ impl Sim<'_> {
             return Err("the request was left held: it would hang".into());
         }
         self.complete_upstream = true;
-        self.upstream();
-        Ok(())
+        self.upstream()
     }
 
     fn lookup(&mut self, body: &[u8]) -> Result<Decision, String> {
@@ -545,7 +535,7 @@ impl Sim<'_> {
         self.obs.client_body = resp.body;
     }
 
-    fn upstream(&mut self) {
+    fn upstream(&mut self) -> Result<(), String> {
         let req = &self.case.request;
         let mut sent: Vec<Header> = req.engine_headers().into_iter().skip(4).collect();
         for (name, value) in &self.edits {
@@ -584,7 +574,8 @@ impl Sim<'_> {
         let mut all = vec![(b":status".to_vec(), up.status.to_string().into_bytes())];
         all.extend(headers.iter().cloned());
         let eos = body.is_empty();
-        let mut decisions = vec![self.stream.on_response_headers(up.status, all, eos)];
+        let mut decisions: Vec<Decision> =
+            vec![self.stream.on_response_headers(up.status, all, eos)];
         if !eos {
             // Two chunks, to exercise copying across chunks.
             let mid = body.len() / 2;
@@ -593,15 +584,25 @@ impl Sim<'_> {
             decisions.push(self.stream.on_response_body(b, true));
         }
         for d in decisions {
-            if let Decision::Record(callout) = d {
+            if d.flow != Flow::Continue {
+                return Err(format!("a response event answered {:?}", d.flow));
+            }
+            if d.effects.record_queued {
+                let out = self
+                    .stream
+                    .engine()
+                    .records()
+                    .next()
+                    .ok_or("no queued record")?;
                 self.obs
                     .extract
-                    .push((Some("application/x-protobuf".into()), callout.body));
+                    .push((Some("application/x-protobuf".into()), out.callout.body));
             }
         }
         self.obs.client_status = up.status;
         self.obs.client_headers = headers;
         self.obs.client_body = body;
+        Ok(())
     }
 }
 

@@ -14,6 +14,9 @@ use crate::metrics::{Bypass, Counter, LookupFailure, Metrics};
 use crate::records::RecordQueue;
 use crate::trace;
 
+mod decision;
+pub use decision::{Decision, Effects, Flow, LocalReply};
+
 /// Facts about the proxy the filter runs in, read by the host from Envoy's node metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Node {
@@ -64,25 +67,23 @@ impl Callout {
     }
 }
 
-/// What the host does after an event.
+/// What the state machine decided for one event, before it is turned into the host's
+/// [`Decision`] (flow and effects) by [`Stream::decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Let this event's headers or data through.
+enum Step {
+    /// Nothing changes: the event goes on, or stays held if the request is held.
     Continue,
-    /// Keep this event's headers or data (request headers: stop iteration; body: stop and buffer).
+    /// Keep this event's headers or data.
     Hold,
-    /// Keep holding, and make this callout to `/v1/inject`; report its outcome with
-    /// [`Stream::on_lookup_result`].
+    /// Keep holding, and make this lookup.
     Lookup(Callout),
-    /// Answer the client with this response; nothing (more) goes upstream.
+    /// Answer the client with this response.
     Serve(Response),
-    /// Release everything held so far and let the stream go on upstream.
+    /// Release everything held so far.
     Resume,
-    /// Let this event through, and send this record (fire and forget, from a context that outlives
-    /// the stream); report the outcome with [`Engine::on_record_result`].
+    /// Let this event through; this record goes to the engine's queue.
     Record(Callout),
-    /// Let this event and everything after it through untouched, releasing anything held; the host
-    /// may stop calling the engine for this stream.
+    /// Let this event and everything after it through untouched.
     PassThrough(Bypass),
 }
 
@@ -108,6 +109,10 @@ pub struct LookupReply<'a> {
     pub content_type: Option<&'a [u8]>,
     pub body: &'a [u8],
 }
+
+/// How long past the lookup timeout a request may stay held without progress before
+/// [`Stream::on_timer`] releases it (the host's timer fires at [`Effects::hold_deadline_ms`]).
+pub const HOLD_MARGIN_MS: u64 = 1000;
 
 /// How close to its timeout a lookup that ended without a backend answer counts as timed out
 /// (the host's clock and Envoy's timer are not exact).
@@ -239,6 +244,17 @@ impl Engine {
     }
 }
 
+/// Which kind of event a step answers (see [`Stream::decide`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventKind {
+    /// A request event: progress for the hold deadline.
+    Request,
+    /// A lookup's answer, a timer, a reset.
+    Async,
+    /// A response event: always `Continue`.
+    Response,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Waiting for request headers.
@@ -285,12 +301,18 @@ pub struct Stream {
     authority: Vec<u8>,
     path: Vec<u8>,
     session_id: Option<Vec<u8>>,
-    /// Request headers to set before the request goes on ([`Stream::take_request_header_edits`]).
+    /// Request headers to set before the request goes on ([`Effects::set_request_headers`]).
     header_edits: Vec<Header>,
     trace: SpanIds,
     body: Vec<u8>,
     /// When the lookup went out, in milliseconds of the engine's clock.
     lookup_started_ms: u64,
+    /// The host holds the request (headers and/or body) because of the engine.
+    holding: bool,
+    /// The last progress (request event) while held, in milliseconds of the engine's clock.
+    held_since_ms: Option<u64>,
+    /// The request headers went on (or will with this event): they can no longer be changed.
+    headers_sent: bool,
     /// The verdict last handed to the host ([`Stream::verdict_update`]).
     published: Option<std::borrow::Cow<'static, str>>,
     /// After the lookup of a request to be recorded whose body is not UTF-8: the body's base64,
@@ -364,6 +386,9 @@ impl Stream {
             body: Vec::new(),
             body_base64: None,
             lookup_started_ms: 0,
+            holding: false,
+            held_since_ms: None,
+            headers_sent: false,
             published: None,
             start_unix_nanos: 0,
             status: 0,
@@ -380,14 +405,6 @@ impl Stream {
     /// True once the engine has nothing more to do with this stream.
     pub fn is_finished(&self) -> bool {
         matches!(self.state, State::PassThrough | State::Done)
-    }
-
-    /// Request headers the host sets (replacing any of the same name) before the request goes
-    /// on: the session written into `tracestate` (config `propagate_session`). Call it right
-    /// after [`Stream::on_request_headers`], whatever that returned: it is empty unless a session
-    /// is to be propagated, and empty after the first call.
-    pub fn take_request_header_edits(&mut self) -> Vec<Header> {
-        std::mem::take(&mut self.header_edits)
     }
 
     /// The session id of this request, once its headers arrived.
@@ -423,9 +440,9 @@ impl Stream {
         }
     }
 
-    /// The verdict when it changed since the last call (none while `pending`): what a host writes
-    /// to its filter state, dynamic metadata or logs, once per change.
-    pub fn verdict_update(&mut self) -> Option<std::borrow::Cow<'static, str>> {
+    /// The verdict when it changed since the last call (none while `pending`), for
+    /// [`Effects::verdict`].
+    fn verdict_update(&mut self) -> Option<std::borrow::Cow<'static, str>> {
         let verdict = self.verdict();
         if verdict == "pending" || self.published.as_ref() == Some(&verdict) {
             return None;
@@ -438,20 +455,20 @@ impl Stream {
     /// without an answer, e.g. because the host never delivered the body or the callout's
     /// answer: counted and handled like a lookup timeout. The host then releases the request
     /// (or serves the strict-mode 502). Anything but a held request: `Continue`.
-    pub fn on_hold_expired(&mut self) -> Decision {
+    fn on_hold_expired_step(&mut self) -> Step {
         match self.state {
             State::AwaitingLookup => {
-                self.on_lookup_result(LookupResult::Failed(LookupFailure::Timeout))
+                self.on_lookup_result_step(LookupResult::Failed(LookupFailure::Timeout))
             }
             State::BufferingRequest => {
                 self.state = State::AwaitingLookup;
-                self.on_lookup_result(LookupResult::Failed(LookupFailure::Timeout))
+                self.on_lookup_result_step(LookupResult::Failed(LookupFailure::Timeout))
             }
-            _ => Decision::Continue,
+            _ => Step::Continue,
         }
     }
 
-    fn bypass(&mut self, why: Bypass) -> Decision {
+    fn bypass(&mut self, why: Bypass) -> Step {
         self.engine.count(why);
         if matches!(self.outcome, Outcome::Pending | Outcome::Record) {
             self.outcome = Outcome::Bypass(why);
@@ -460,11 +477,185 @@ impl Stream {
         self.body = Vec::new();
         self.body_base64 = None;
         self.response_body = Vec::new();
-        Decision::PassThrough(why)
+        Step::PassThrough(why)
     }
 
     fn config(&self) -> &Config {
         &self.engine.config
+    }
+
+    /// Turns a step of the state machine into the host's decision: the flow of the event and the
+    /// effects (header edits, lookup, reply, record, verdict, hold deadline).
+    fn decide(&mut self, step: Step, kind: EventKind) -> Decision {
+        let mut effects = Effects {
+            set_request_headers: std::mem::take(&mut self.header_edits),
+            ..Effects::default()
+        };
+        let held = if self.holding {
+            Flow::Hold
+        } else {
+            Flow::Continue
+        };
+        let flow = match step {
+            Step::Continue => held,
+            Step::Hold => Flow::Hold,
+            Step::Lookup(callout) => {
+                effects.lookup = Some(callout);
+                Flow::Hold
+            }
+            Step::Serve(response) => {
+                let details = match self.outcome {
+                    Outcome::Hit => "transparent_cache_hit",
+                    Outcome::Blocked => "transparent_cache_blocked",
+                    _ => "transparent_cache_backend_error",
+                };
+                // The verdict into the request header map (config `verdict_header`), for
+                // tracers that tag spans from request headers only (Istio 1.18's `Telemetry`
+                // custom tags) and access logs: only while the headers are still held, so the
+                // upstream never sees it (Envoy refuses changes once they went on).
+                if let (Some(name), false) = (&self.config().verdict_header, self.headers_sent) {
+                    let verdict = self.verdict().into_owned().into_bytes();
+                    effects
+                        .set_request_headers
+                        .push((name.clone().into_bytes(), verdict));
+                }
+                effects.reply = Some(LocalReply { response, details });
+                Flow::Stop
+            }
+            Step::Resume | Step::PassThrough(_) if self.holding => Flow::Release,
+            Step::Resume | Step::PassThrough(_) => Flow::Continue,
+            Step::Record(callout) => {
+                effects.record_queued = self.engine.records.push(callout);
+                held
+            }
+        };
+        if matches!(flow, Flow::Continue | Flow::Release) && kind != EventKind::Response {
+            self.headers_sent = true;
+        }
+        // Response events never stop the response, and never change what is held.
+        let flow = if kind == EventKind::Response {
+            Flow::Continue
+        } else {
+            match flow {
+                Flow::Hold => {
+                    self.holding = true;
+                    if kind == EventKind::Request || self.held_since_ms.is_none() {
+                        self.held_since_ms = Some(self.engine.now() / 1_000_000);
+                    }
+                }
+                _ => {
+                    self.holding = false;
+                    self.held_since_ms = None;
+                }
+            }
+            flow
+        };
+        effects.hold_deadline_ms = self
+            .held_since_ms
+            .map(|t| t.saturating_add(self.hold_limit_ms()));
+        effects.verdict = self.verdict_update();
+        Decision { flow, effects }
+    }
+
+    /// The request headers arrived (pseudo-headers included, in order, values as bytes).
+    pub fn on_request_headers(&mut self, headers: Vec<Header>, end_of_stream: bool) -> Decision {
+        let step = self.on_request_headers_step(headers, end_of_stream);
+        self.decide(step, EventKind::Request)
+    }
+
+    /// A chunk of the request body arrived (`chunk` holds only the new bytes).
+    pub fn on_request_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Decision {
+        let step = self.on_request_body_step(chunk, end_of_stream);
+        self.decide(step, EventKind::Request)
+    }
+
+    /// Request trailers arrived: the request body is complete.
+    pub fn on_request_trailers(&mut self) -> Decision {
+        let step = self.on_request_trailers_step();
+        self.decide(step, EventKind::Request)
+    }
+
+    /// The lookup callout came back with a response (`reply`), or none at all (`None`: the host
+    /// could not make the call, or it ended without response headers). Envoy answers a callout
+    /// itself when the backend can't be reached: no headers or a `504` when the callout's timeout
+    /// fires, a `503` (`upstream connect error ...`, `no healthy upstream`) when the connection
+    /// fails. Those are faults, told apart here from the backend's own answers.
+    pub fn on_lookup_reply(&mut self, reply: Option<LookupReply<'_>>) -> Decision {
+        let step = self.on_lookup_reply_step(reply);
+        self.decide(step, EventKind::Async)
+    }
+
+    /// The lookup callout ended, already classified (the sidecar's own client, tests).
+    pub fn on_lookup_result(&mut self, result: LookupResult<'_>) -> Decision {
+        let step = self.on_lookup_result_step(result);
+        self.decide(step, EventKind::Async)
+    }
+
+    /// The host's timer fired (armed for [`Effects::hold_deadline_ms`]): a request held past its
+    /// deadline without progress (the host never delivered the body, or the lookup's answer) is
+    /// counted and handled like a lookup timeout: released (or answered 502 with
+    /// `on_backend_error: fail`). Early, or nothing held: nothing changes.
+    pub fn on_timer(&mut self) -> Decision {
+        let now = self.engine.now() / 1_000_000;
+        let limit = self.hold_limit_ms();
+        let step = match self.held_since_ms {
+            Some(since) if now >= since.saturating_add(limit) => self.on_hold_expired_step(),
+            _ => Step::Continue,
+        };
+        self.decide(step, EventKind::Async)
+    }
+
+    /// How long a held request may go without progress: the lookup timeout plus
+    /// [`HOLD_MARGIN_MS`].
+    pub fn hold_limit_ms(&self) -> u64 {
+        self.config()
+            .backend
+            .lookup_timeout_ms
+            .saturating_add(HOLD_MARGIN_MS)
+    }
+
+    /// Like [`Stream::on_timer`] past the deadline, whatever the clock says.
+    pub fn on_hold_expired(&mut self) -> Decision {
+        let step = self.on_hold_expired_step();
+        self.decide(step, EventKind::Async)
+    }
+
+    /// The stream ended early (client or upstream reset, or the host tore it down): everything
+    /// buffered is dropped, nothing is recorded, nothing stays held.
+    pub fn on_reset(&mut self) -> Decision {
+        if !matches!(self.state, State::Done | State::PassThrough) {
+            self.state = State::Done;
+        }
+        self.body = Vec::new();
+        self.body_base64 = None;
+        self.response_body = Vec::new();
+        self.response_headers = Vec::new();
+        self.holding = false;
+        self.held_since_ms = None;
+        self.decide(Step::Continue, EventKind::Async)
+    }
+
+    /// The upstream's response headers arrived.
+    pub fn on_response_headers(
+        &mut self,
+        status: u16,
+        headers: Vec<Header>,
+        end_of_stream: bool,
+    ) -> Decision {
+        let step = self.on_response_headers_step(status, headers, end_of_stream);
+        self.decide(step, EventKind::Response)
+    }
+
+    /// A chunk of the response body passed (`chunk` holds only the new bytes).
+    pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Decision {
+        let step = self.on_response_body_step(chunk, end_of_stream);
+        self.decide(step, EventKind::Response)
+    }
+
+    /// Response trailers arrived: the response is complete.
+    pub fn on_response_trailers(&mut self) -> Decision {
+        let step = self.on_response_trailers_step();
+        self.decide(step, EventKind::Response)
     }
 
     /// Prepares the `tracestate` edit that carries this request's session on (config
@@ -491,9 +682,9 @@ impl Stream {
     }
 
     /// The request headers arrived (pseudo-headers included, in order, values as bytes).
-    pub fn on_request_headers(&mut self, headers: Vec<Header>, end_of_stream: bool) -> Decision {
+    fn on_request_headers_step(&mut self, headers: Vec<Header>, end_of_stream: bool) -> Step {
         if self.state != State::Start {
-            return Decision::Continue;
+            return Step::Continue;
         }
         self.engine.count(Counter::Requests);
         let mode = self.config().mode;
@@ -556,8 +747,8 @@ impl Stream {
             }
             self.state = State::BufferingRequest;
             match self.config().request_mode {
-                RequestMode::HoldHeaders => Decision::Hold,
-                RequestMode::StreamHeaders => Decision::Continue,
+                RequestMode::HoldHeaders => Step::Hold,
+                RequestMode::StreamHeaders => Step::Continue,
             }
         } else {
             self.outcome = Outcome::Record;
@@ -566,15 +757,15 @@ impl Stream {
             } else {
                 State::CopyingRequest
             };
-            Decision::Continue
+            Step::Continue
         }
     }
 
     /// A chunk of the request body arrived (`chunk` holds only the new bytes).
-    pub fn on_request_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Decision {
+    fn on_request_body_step(&mut self, chunk: &[u8], end_of_stream: bool) -> Step {
         match self.state {
             State::BufferingRequest | State::CopyingRequest => {}
-            _ => return Decision::Continue,
+            _ => return Step::Continue,
         }
         if self.body.len().saturating_add(chunk.len()) > self.config().max_request_body_bytes {
             return self.bypass(Bypass::RequestTooLarge);
@@ -586,18 +777,18 @@ impl Stream {
             .add(Counter::BytesBuffered, chunk.len() as u64);
         match (self.state, end_of_stream) {
             (State::BufferingRequest, true) => self.lookup(),
-            (State::BufferingRequest, false) => Decision::Hold,
+            (State::BufferingRequest, false) => Step::Hold,
             (_, true) => {
                 self.state = State::Upstream;
-                Decision::Continue
+                Step::Continue
             }
-            (_, false) => Decision::Continue,
+            (_, false) => Step::Continue,
         }
     }
 
     /// Request trailers arrived: the request body is complete.
-    pub fn on_request_trailers(&mut self) -> Decision {
-        self.on_request_body(&[], true)
+    fn on_request_trailers_step(&mut self) -> Step {
+        self.on_request_body_step(&[], true)
     }
 
     fn request_view(&self) -> RequestView<'_> {
@@ -630,7 +821,7 @@ impl Stream {
         }
     }
 
-    fn lookup(&mut self) -> Decision {
+    fn lookup(&mut self) -> Step {
         self.state = State::AwaitingLookup;
         self.lookup_started_ms = self.engine.now() / 1_000_000;
         self.engine.count(Counter::Lookups);
@@ -647,7 +838,7 @@ impl Stream {
         let now = self.engine.now();
         let body = codec::encode_inject(&self.meta(&ids, now), &self.request_view());
         let b = &self.config().backend;
-        Decision::Lookup(
+        Step::Lookup(
             self.engine
                 .callout(&b.inject_path, true, body, b.lookup_timeout_ms),
         )
@@ -658,7 +849,7 @@ impl Stream {
     /// itself when the backend can't be reached: no headers or a `504` when the callout's timeout
     /// fires, a `503` (`upstream connect error ...`, `no healthy upstream`) when the connection
     /// fails. Those are faults, told apart here from the backend's own answers.
-    pub fn on_lookup_reply(&mut self, reply: Option<LookupReply<'_>>) -> Decision {
+    fn on_lookup_reply_step(&mut self, reply: Option<LookupReply<'_>>) -> Step {
         let elapsed = (self.engine.now() / 1_000_000).saturating_sub(self.lookup_started_ms);
         let timed_out =
             elapsed.saturating_add(TIMEOUT_SLACK_MS) >= self.config().backend.lookup_timeout_ms;
@@ -680,20 +871,20 @@ impl Stream {
                 body: r.body,
             },
         };
-        self.on_lookup_result(result)
+        self.on_lookup_result_step(result)
     }
 
     /// The lookup callout ended, already classified (the sidecar's own client, tests).
-    pub fn on_lookup_result(&mut self, result: LookupResult<'_>) -> Decision {
+    fn on_lookup_result_step(&mut self, result: LookupResult<'_>) -> Step {
         if self.state != State::AwaitingLookup {
-            return Decision::Continue;
+            return Step::Continue;
         }
         let failure = match result {
             LookupResult::Answer { status: 404, .. } => {
                 self.engine.count(Counter::Misses);
                 self.outcome = Outcome::Miss;
                 self.state = State::Upstream;
-                return Decision::Resume;
+                return Step::Resume;
             }
             LookupResult::Answer {
                 status: 200,
@@ -716,7 +907,7 @@ impl Stream {
                     if let Some(h) = &self.config().hit_header {
                         response.headers.push((h.clone(), b"hit".to_vec()));
                     }
-                    return Decision::Serve(response);
+                    return Step::Serve(response);
                 }
                 Err(codec::AnswerError::Rejected(_)) => LookupFailure::Rejected,
                 Err(_) => LookupFailure::Undecodable,
@@ -742,8 +933,8 @@ impl Stream {
         self.body = Vec::new();
         self.body_base64 = None;
         match self.config().on_backend_error {
-            OnBackendError::PassThrough => Decision::Resume,
-            OnBackendError::Fail => Decision::Serve(Response {
+            OnBackendError::PassThrough => Step::Resume,
+            OnBackendError::Fail => Step::Serve(Response {
                 status: 502,
                 headers: vec![("content-type".into(), b"text/plain".to_vec())],
                 body: b"transparent-cache: the cache backend lookup failed\n".to_vec(),
@@ -757,7 +948,7 @@ impl Stream {
         status: u16,
         content_type: Option<&[u8]>,
         body: &[u8],
-    ) -> Decision {
+    ) -> Step {
         self.engine.count(Counter::Blocked);
         self.outcome = Outcome::Blocked;
         self.state = State::Done;
@@ -770,7 +961,7 @@ impl Stream {
         if let Some(h) = &self.config().hit_header {
             headers.push((h.clone(), b"blocked".to_vec()));
         }
-        Decision::Serve(Response {
+        Step::Serve(Response {
             status,
             headers,
             body: if self.method == b"HEAD" {
@@ -782,25 +973,25 @@ impl Stream {
     }
 
     /// The upstream's response headers arrived.
-    pub fn on_response_headers(
+    fn on_response_headers_step(
         &mut self,
         status: u16,
         headers: Vec<Header>,
         end_of_stream: bool,
-    ) -> Decision {
+    ) -> Step {
         if self.state != State::Upstream || !self.record {
-            return Decision::Continue;
+            return Step::Continue;
         }
         if !self.config().recordable_statuses.contains(&status) {
             self.bypass(Bypass::Status);
-            return Decision::Continue;
+            return Step::Continue;
         }
         // A response to HEAD, a 204 or a 304 has no body whatever its `content-length` says.
         let bodiless = self.method == b"HEAD" || status == 204 || status == 304;
         let limit = self.config().max_response_body_bytes;
         if !bodiless && content_length(&headers).is_some_and(|n| n > limit as u64) {
             self.bypass(Bypass::ResponseTooLarge);
-            return Decision::Continue;
+            return Step::Continue;
         }
         self.status = status;
         self.response_headers = headers;
@@ -808,19 +999,19 @@ impl Stream {
         if end_of_stream {
             return self.finish();
         }
-        Decision::Continue
+        Step::Continue
     }
 
     /// A chunk of the response body passed (`chunk` holds only the new bytes).
-    pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Decision {
+    fn on_response_body_step(&mut self, chunk: &[u8], end_of_stream: bool) -> Step {
         if self.state != State::CopyingResponse {
-            return Decision::Continue;
+            return Step::Continue;
         }
         if self.response_body.len().saturating_add(chunk.len())
             > self.config().max_response_body_bytes
         {
             self.bypass(Bypass::ResponseTooLarge);
-            return Decision::Continue;
+            return Step::Continue;
         }
         self.response_body.extend_from_slice(chunk);
         self.engine
@@ -830,15 +1021,15 @@ impl Stream {
         if end_of_stream {
             return self.finish();
         }
-        Decision::Continue
+        Step::Continue
     }
 
     /// Response trailers arrived: the response is complete.
-    pub fn on_response_trailers(&mut self) -> Decision {
-        self.on_response_body(&[], true)
+    fn on_response_trailers_step(&mut self) -> Step {
+        self.on_response_body_step(&[], true)
     }
 
-    fn finish(&mut self) -> Decision {
+    fn finish(&mut self) -> Step {
         self.state = State::Done;
         let ids = self.span_ids();
         let now = self.engine.now();
@@ -852,7 +1043,7 @@ impl Stream {
         self.body_base64 = None;
         self.response_body = Vec::new();
         let b = &self.config().backend;
-        Decision::Record(
+        Step::Record(
             self.engine
                 .callout(&b.traces_path, false, body, b.record_timeout_ms),
         )

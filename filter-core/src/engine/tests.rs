@@ -82,34 +82,61 @@ fn hit(body: &[u8]) -> LookupResult<'_> {
     }
 }
 
-fn callout(d: Decision) -> Callout {
-    match d {
-        Decision::Lookup(c) | Decision::Record(c) => c,
-        other => panic!("expected a callout, got {other:?}"),
+/// The lookup a decision asks for, or the record it queued.
+fn take_callout(s: &Stream, d: Decision) -> Callout {
+    if let Some(c) = d.effects.lookup {
+        return c;
     }
+    assert!(d.effects.record_queued, "expected a callout, got {d:?}");
+    s.engine()
+        .records()
+        .next()
+        .expect("a queued record")
+        .callout
+}
+
+macro_rules! callout {
+    ($s:ident, $e:expr) => {{
+        let d = $e;
+        take_callout(&$s, d)
+    }};
+}
+
+/// The local reply a decision sends.
+fn reply(d: Decision) -> Option<Response> {
+    assert_eq!(d.flow == Flow::Stop, d.effects.reply.is_some(), "{d:?}");
+    d.effects.reply.map(|r| r.response)
+}
+
+/// A decision that lets the stream go on untouched for `why`.
+fn assert_bypass(s: &Stream, d: &Decision, why: Bypass) {
+    assert!(matches!(d.flow, Flow::Continue | Flow::Release), "{d:?}");
+    assert!(s.is_finished(), "{d:?}");
+    let name = Counter::from(why).name();
+    assert_eq!(
+        s.verdict(),
+        format!("bypass:{}", name.strip_prefix("bypass_").unwrap())
+    );
 }
 
 #[test]
 fn hold_headers_holds_the_headers_and_the_body_until_the_lookup() {
     let (mut s, _) = stream(r#"{"request_mode": "hold_headers"}"#);
     let d = s.on_request_headers(request("POST", "/orders", &[]), false);
-    assert_eq!(d, Decision::Hold);
-    assert_eq!(s.on_request_body(b"{\"a\":", false), Decision::Hold);
-    let c = callout(s.on_request_body(b"1}", true));
+    assert_eq!(d.flow, Flow::Hold);
+    assert_eq!(s.on_request_body(b"{\"a\":", false).flow, Flow::Hold);
+    let c = callout!(s, s.on_request_body(b"1}", true));
     assert_eq!(c.header(":path"), Some("/v1/inject"));
-    assert_eq!(s.on_lookup_result(MISS), Decision::Resume);
+    assert_eq!(s.on_lookup_result(MISS).flow, Flow::Release);
 }
 
 #[test]
 fn stream_headers_lets_the_headers_go_and_holds_the_body() {
     let (mut s, _) = stream(r#"{"request_mode": "stream_headers"}"#);
     let d = s.on_request_headers(request("POST", "/orders", &[]), false);
-    assert_eq!(d, Decision::Continue);
-    assert_eq!(s.on_request_body(b"{\"a\":", false), Decision::Hold);
-    assert!(matches!(
-        s.on_request_body(b"1}", true),
-        Decision::Lookup(_)
-    ));
+    assert_eq!(d.flow, Flow::Continue);
+    assert_eq!(s.on_request_body(b"{\"a\":", false).flow, Flow::Hold);
+    assert!(s.on_request_body(b"1}", true).effects.lookup.is_some());
 }
 
 #[test]
@@ -117,7 +144,7 @@ fn a_request_without_a_body_is_looked_up_at_the_headers_in_both_modes() {
     for mode in ["hold_headers", "stream_headers"] {
         let (mut s, _) = stream(&format!(r#"{{"request_mode": "{mode}"}}"#));
         let d = s.on_request_headers(request("GET", "/items", &[]), true);
-        assert!(matches!(d, Decision::Lookup(_)), "{mode}: {d:?}");
+        assert!(d.effects.lookup.is_some(), "{mode}: {d:?}");
     }
 }
 
@@ -125,8 +152,8 @@ fn a_request_without_a_body_is_looked_up_at_the_headers_in_both_modes() {
 fn trailers_end_the_request_body() {
     let (mut s, _) = stream(r#"{"request_mode": "hold_headers"}"#);
     s.on_request_headers(request("POST", "/orders", &[]), false);
-    assert_eq!(s.on_request_body(b"abc", false), Decision::Hold);
-    let c = callout(s.on_request_trailers());
+    assert_eq!(s.on_request_body(b"abc", false).flow, Flow::Hold);
+    let c = callout!(s, s.on_request_trailers());
     let traces = codec::decode_traces(&c.body, Format::Protobuf).unwrap();
     let (rs, span) = traces.spans().next().unwrap();
     assert_eq!(codec::read_span(rs, span).unwrap().request_body, b"abc");
@@ -139,15 +166,12 @@ fn record_only_never_holds_and_never_looks_up() {
             r#"{{"mode": "record_only", "request_mode": "{mode}"}}"#
         ));
         let d = s.on_request_headers(request("POST", "/orders", &[]), false);
-        assert_eq!(d, Decision::Continue, "{mode}");
-        assert_eq!(s.on_request_body(b"x", true), Decision::Continue, "{mode}");
+        assert_eq!(d.flow, Flow::Continue, "{mode}");
+        assert_eq!(s.on_request_body(b"x", true).flow, Flow::Continue, "{mode}");
         assert_eq!(c.get(Counter::Lookups), 0);
         let d = s.on_response_headers(200, response(&[("content-length", "2")]), false);
-        assert_eq!(d, Decision::Continue);
-        assert!(matches!(
-            s.on_response_body(b"ok", true),
-            Decision::Record(_)
-        ));
+        assert_eq!(d.flow, Flow::Continue);
+        assert!(s.on_response_body(b"ok", true).effects.record_queued);
     }
 }
 
@@ -162,11 +186,11 @@ fn upgrade_and_connect_bypass_at_the_headers() {
         ),
         false,
     );
-    assert_eq!(d, Decision::PassThrough(Bypass::Upgrade));
+    assert_bypass(&s, &d, Bypass::Upgrade);
     assert!(s.is_finished());
     let (mut s2, _) = stream("{}");
     let d = s2.on_request_headers(request("CONNECT", "api.example.com:443", &[]), false);
-    assert_eq!(d, Decision::PassThrough(Bypass::Upgrade));
+    assert_bypass(&s, &d, Bypass::Upgrade);
     assert_eq!(c.get(Counter::BypassUpgrade), 1);
     assert_eq!(c.get(Counter::Lookups), 0);
 }
@@ -185,8 +209,8 @@ fn grpc_bypasses_at_the_headers() {
         ),
         false,
     );
-    assert_eq!(d, Decision::PassThrough(Bypass::Grpc));
-    assert_eq!(s.on_request_body(b"\0\0\0\0\0", true), Decision::Continue);
+    assert_bypass(&s, &d, Bypass::Grpc);
+    assert_eq!(s.on_request_body(b"\0\0\0\0\0", true).flow, Flow::Continue);
     assert_eq!(c.get(Counter::BypassGrpc), 1);
     assert_eq!(c.get(Counter::Lookups), 0);
 }
@@ -198,52 +222,55 @@ fn a_content_length_over_the_limit_bypasses_at_the_headers() {
             r#"{{"request_mode": "{mode}", "max_request_body_bytes": 10}}"#
         ));
         let d = s.on_request_headers(request("POST", "/up", &[("content-length", "11")]), false);
-        assert_eq!(d, Decision::PassThrough(Bypass::RequestTooLarge), "{mode}");
-        assert_eq!(s.on_request_body(&[b'x'; 11], true), Decision::Continue);
+        assert_bypass(&s, &d, Bypass::RequestTooLarge);
+        assert_eq!(s.on_request_body(&[b'x'; 11], true).flow, Flow::Continue);
         assert_eq!(c.get(Counter::BypassRequestTooLarge), 1);
         assert_eq!(c.get(Counter::BytesBuffered), 0, "nothing buffered");
         assert_eq!(
-            s.on_response_headers(200, response(&[("content-length", "2")]), false),
-            Decision::Continue
+            s.on_response_headers(200, response(&[("content-length", "2")]), false)
+                .flow,
+            Flow::Continue
         );
         assert_eq!(
-            s.on_response_body(b"ok", true),
-            Decision::Continue,
+            s.on_response_body(b"ok", true).flow,
+            Flow::Continue,
             "no record"
         );
     }
     // At the limit exactly, the request is looked up.
     let (mut s, _) = stream(r#"{"max_request_body_bytes": 10}"#);
     let d = s.on_request_headers(request("POST", "/up", &[("content-length", "10")]), false);
-    assert_eq!(d, Decision::Continue);
+    assert_eq!(d.flow, Flow::Continue);
 }
 
 #[test]
 fn events_after_a_served_hit_are_ignored() {
     let (mut s, c) = stream(r#"{"request_mode": "hold_headers"}"#);
-    assert!(matches!(
-        s.on_request_headers(request("GET", "/items", &[]), true),
-        Decision::Lookup(_)
-    ));
+    assert!(s
+        .on_request_headers(request("GET", "/items", &[]), true)
+        .effects
+        .lookup
+        .is_some());
     let answer = hit_answer();
-    let Decision::Serve(resp) = s.on_lookup_result(hit(&answer)) else {
+    let Some(resp) = reply(s.on_lookup_result(hit(&answer))) else {
         panic!("expected a hit");
     };
     assert_eq!(resp.body, b"recorded");
     assert!(s.is_finished());
     // Nothing after Done changes anything or produces a callout.
-    assert_eq!(s.on_lookup_result(hit(&answer)), Decision::Continue);
-    assert_eq!(s.on_request_body(b"late", true), Decision::Continue);
-    assert_eq!(s.on_request_trailers(), Decision::Continue);
+    assert_eq!(s.on_lookup_result(hit(&answer)).flow, Flow::Continue);
+    assert_eq!(s.on_request_body(b"late", true).flow, Flow::Continue);
+    assert_eq!(s.on_request_trailers().flow, Flow::Continue);
     assert_eq!(
-        s.on_request_headers(request("GET", "/items", &[]), true),
-        Decision::Continue
+        s.on_request_headers(request("GET", "/items", &[]), true)
+            .flow,
+        Flow::Continue
     );
     assert_eq!(
-        s.on_response_headers(200, response(&[]), true),
-        Decision::Continue
+        s.on_response_headers(200, response(&[]), true).flow,
+        Flow::Continue
     );
-    assert_eq!(s.on_response_body(b"x", true), Decision::Continue);
+    assert_eq!(s.on_response_body(b"x", true).flow, Flow::Continue);
     assert_eq!(c.get(Counter::Hits), 1);
     assert_eq!(c.get(Counter::Lookups), 1);
     assert_eq!(c.get(Counter::Requests), 1);
@@ -253,43 +280,38 @@ fn events_after_a_served_hit_are_ignored() {
 fn events_after_the_record_are_ignored() {
     let (mut s, _) = stream("{}");
     s.on_request_headers(request("GET", "/items", &[]), true);
-    assert_eq!(s.on_lookup_result(MISS), Decision::Resume);
+    assert_eq!(s.on_lookup_result(MISS).flow, Flow::Release);
     assert_eq!(
-        s.on_response_headers(200, response(&[("content-length", "2")]), false),
-        Decision::Continue
+        s.on_response_headers(200, response(&[("content-length", "2")]), false)
+            .flow,
+        Flow::Continue
     );
-    assert!(matches!(
-        s.on_response_body(b"ok", true),
-        Decision::Record(_)
-    ));
+    assert!(s.on_response_body(b"ok", true).effects.record_queued);
     assert!(s.is_finished());
-    assert_eq!(s.on_response_body(b"more", true), Decision::Continue);
-    assert_eq!(s.on_response_trailers(), Decision::Continue);
-    assert_eq!(s.on_lookup_result(MISS), Decision::Continue);
+    assert_eq!(s.on_response_body(b"more", true).flow, Flow::Continue);
+    assert_eq!(s.on_response_trailers().flow, Flow::Continue);
+    assert_eq!(s.on_lookup_result(MISS).flow, Flow::Continue);
 }
 
 #[test]
 fn lookup_is_never_returned_twice() {
     let (mut s, c) = stream(r#"{"request_mode": "hold_headers"}"#);
-    assert!(matches!(
-        s.on_request_headers(request("POST", "/x", &[]), false),
-        Decision::Hold
-    ));
-    assert!(matches!(
-        s.on_request_body(b"body", true),
-        Decision::Lookup(_)
-    ));
+    assert_eq!(
+        s.on_request_headers(request("POST", "/x", &[]), false).flow,
+        Flow::Hold
+    );
+    assert!(s.on_request_body(b"body", true).effects.lookup.is_some());
     for d in [
         s.on_request_body(b"", true),
         s.on_request_trailers(),
         s.on_request_headers(request("POST", "/x", &[]), true),
     ] {
-        assert!(!matches!(d, Decision::Lookup(_)), "{d:?}");
+        assert!(d.effects.lookup.is_none(), "{d:?}");
     }
     assert_eq!(c.get(Counter::Lookups), 1);
     // The one lookup still resolves.
-    assert_eq!(s.on_lookup_result(MISS), Decision::Resume);
-    assert_eq!(s.on_lookup_result(MISS), Decision::Continue);
+    assert_eq!(s.on_lookup_result(MISS).flow, Flow::Release);
+    assert_eq!(s.on_lookup_result(MISS).flow, Flow::Continue);
     assert_eq!(c.get(Counter::Misses), 1);
 }
 
@@ -298,7 +320,7 @@ fn lookup_callout_asks_for_protobuf() {
     let (mut s, _) = stream(
         r#"{"backend": {"cluster": "sp", "authority": "backend.local", "inject_path": "/custom/inject", "lookup_timeout_ms": 250}}"#,
     );
-    let c = callout(s.on_request_headers(request("GET", "/items", &[]), true));
+    let c = callout!(s, s.on_request_headers(request("GET", "/items", &[]), true));
     assert_eq!(c.cluster, "sp");
     assert_eq!(c.timeout_ms, 250);
     assert_eq!(c.header(":method"), Some("POST"));
@@ -313,7 +335,7 @@ fn recorded(config: &str) -> Callout {
     let (mut s, _) = stream(config);
     s.on_request_headers(request("GET", "/items", &[]), true);
     s.on_lookup_result(MISS);
-    callout(s.on_response_headers(200, response(&[]), true))
+    callout!(s, s.on_response_headers(200, response(&[]), true))
 }
 
 #[test]
@@ -383,21 +405,21 @@ fn bodiless_responses_are_recorded_whatever_their_content_length() {
     s.on_request_headers(request("HEAD", "/big", &[]), true);
     s.on_lookup_result(MISS);
     let d = s.on_response_headers(200, response(&[("content-length", "5000")]), true);
-    assert!(matches!(d, Decision::Record(_)), "{d:?}");
+    assert!(d.effects.record_queued, "{d:?}");
     assert_eq!(c.get(Counter::BypassResponseTooLarge), 0);
     // 304: no body either.
     let (mut s, _) = stream(config);
     s.on_request_headers(request("GET", "/big", &[]), true);
     s.on_lookup_result(MISS);
     let d = s.on_response_headers(304, response(&[("content-length", "5000")]), true);
-    assert!(matches!(d, Decision::Record(_)), "{d:?}");
+    assert!(d.effects.record_queued, "{d:?}");
     // A GET 200 announcing the same length is not recorded.
     let (mut s, c) = stream(config);
     s.on_request_headers(request("GET", "/big", &[]), true);
     s.on_lookup_result(MISS);
     let d = s.on_response_headers(200, response(&[("content-length", "5000")]), false);
-    assert_eq!(d, Decision::Continue);
-    assert_eq!(s.on_response_body(&[b'x'; 5000], true), Decision::Continue);
+    assert_eq!(d.flow, Flow::Continue);
+    assert_eq!(s.on_response_body(&[b'x'; 5000], true).flow, Flow::Continue);
     assert_eq!(c.get(Counter::BypassResponseTooLarge), 1);
 }
 
@@ -407,12 +429,12 @@ fn a_response_growing_past_the_limit_is_not_recorded() {
     s.on_request_headers(request("GET", "/stream", &[]), true);
     s.on_lookup_result(MISS);
     assert_eq!(
-        s.on_response_headers(200, response(&[]), false),
-        Decision::Continue
+        s.on_response_headers(200, response(&[]), false).flow,
+        Flow::Continue
     );
-    assert_eq!(s.on_response_body(b"abc", false), Decision::Continue);
-    assert_eq!(s.on_response_body(b"def", false), Decision::Continue);
-    assert_eq!(s.on_response_body(b"ghi", true), Decision::Continue);
+    assert_eq!(s.on_response_body(b"abc", false).flow, Flow::Continue);
+    assert_eq!(s.on_response_body(b"def", false).flow, Flow::Continue);
+    assert_eq!(s.on_response_body(b"ghi", true).flow, Flow::Continue);
     assert_eq!(c.get(Counter::BypassResponseTooLarge), 1);
 }
 
@@ -420,8 +442,7 @@ fn a_response_growing_past_the_limit_is_not_recorded() {
 fn strict_mode_answers_502_on_a_failed_lookup() {
     let (mut s, c) = stream(r#"{"on_backend_error": "fail"}"#);
     s.on_request_headers(request("GET", "/items", &[]), true);
-    let Decision::Serve(resp) = s.on_lookup_result(LookupResult::Failed(LookupFailure::Timeout))
-    else {
+    let Some(resp) = reply(s.on_lookup_result(LookupResult::Failed(LookupFailure::Timeout))) else {
         panic!("expected a 502");
     };
     assert_eq!(resp.status, 502);
@@ -439,16 +460,16 @@ fn a_binary_request_body_is_encoded_once_and_both_spans_carry_its_exact_bytes() 
     let body = binary_body(70_000);
     let (mut s, _) = stream(r#"{"mode": "record_and_inject"}"#);
     s.on_request_headers(request("POST", "/upload", &[]), false);
-    let inject = callout(s.on_request_body(&body, true));
+    let inject = callout!(s, s.on_request_body(&body, true));
     // Held from the lookup on as its base64 only.
     assert!(s.body.is_empty());
     assert_eq!(
         s.body_base64.as_ref().map(String::len),
         Some(70_000usize.div_ceil(3) * 4)
     );
-    assert_eq!(s.on_lookup_result(MISS), Decision::Resume);
+    assert_eq!(s.on_lookup_result(MISS).flow, Flow::Release);
     s.on_response_headers(200, response(&[]), false);
-    let record = callout(s.on_response_body(b"ok", true));
+    let record = callout!(s, s.on_response_body(b"ok", true));
     assert!(s.body_base64.is_none(), "dropped once recorded");
     for span_body in [inject.body, record.body] {
         let traces = codec::decode_traces(&span_body, Format::Protobuf).unwrap();
@@ -465,13 +486,13 @@ fn a_utf8_body_or_no_record_keeps_the_raw_body() {
         request("POST", "/upload", &[("content-type", "application/json")]),
         false,
     );
-    callout(s.on_request_body(b"{\"a\":1}", true));
+    callout!(s, s.on_request_body(b"{\"a\":1}", true));
     assert_eq!(s.body, b"{\"a\":1}");
     assert!(s.body_base64.is_none());
 
     let (mut s, _) = stream(r#"{"mode": "inject_only"}"#);
     s.on_request_headers(request("POST", "/upload", &[]), false);
-    callout(s.on_request_body(&binary_body(10), true));
+    callout!(s, s.on_request_body(&binary_body(10), true));
     assert!(
         s.body_base64.is_none(),
         "nothing will be recorded: no second span"
@@ -620,7 +641,7 @@ fn lookup_replies_are_told_from_envoys_own_local_replies() {
     ];
     for (what, after_ms, status, body, counter) in cases {
         let (mut s, counters, now) = timed_stream(r#"{"backend": {"lookup_timeout_ms": 500}}"#);
-        callout(s.on_request_headers(request("GET", "/x", &[]), true));
+        callout!(s, s.on_request_headers(request("GET", "/x", &[]), true));
         now.fetch_add(*after_ms, Ordering::Relaxed);
         let reply = status.map(|st| LookupReply {
             status: Some(st),
@@ -628,7 +649,7 @@ fn lookup_replies_are_told_from_envoys_own_local_replies() {
             body,
         });
         let d = s.on_lookup_reply(reply);
-        assert_eq!(d, Decision::Resume, "{what}");
+        assert_eq!(d.flow, Flow::Release, "{what}");
         assert_eq!(counters.get(*counter), 1, "{what}");
     }
 }
@@ -636,10 +657,90 @@ fn lookup_replies_are_told_from_envoys_own_local_replies() {
 #[test]
 fn the_verdict_is_handed_over_once_per_change() {
     let (mut s, _) = stream("{}");
-    assert_eq!(s.verdict_update(), None, "pending");
+    let d = s.on_request_headers(request("GET", "/x", &[]), true);
+    assert_eq!(d.effects.verdict, None, "pending");
+    let d = s.on_lookup_result(MISS);
+    assert_eq!(d.effects.verdict.as_deref(), Some("miss"));
+    let d = s.on_response_headers(200, response(&[]), false);
+    assert_eq!(d.effects.verdict, None, "unchanged");
+}
+
+#[test]
+fn a_held_request_carries_a_deadline_and_the_timer_releases_it_once_past() {
+    let (mut s, counters, now) =
+        timed_stream(r#"{"request_mode": "hold_headers", "backend": {"lookup_timeout_ms": 500}}"#);
+    let d = s.on_request_headers(request("POST", "/x", &[]), false);
+    assert_eq!(d.flow, Flow::Hold);
+    assert_eq!(
+        d.effects.hold_deadline_ms,
+        Some(1_000 + 500 + HOLD_MARGIN_MS)
+    );
+    // Progress moves the deadline.
+    now.fetch_add(100, Ordering::Relaxed);
+    let d = s.on_request_body(b"a", false);
+    assert_eq!(
+        d.effects.hold_deadline_ms,
+        Some(1_100 + 500 + HOLD_MARGIN_MS)
+    );
+    // Early: nothing changes.
+    let d = s.on_timer();
+    assert_eq!(
+        (d.flow, d.effects.hold_deadline_ms),
+        (Flow::Hold, Some(1_600 + HOLD_MARGIN_MS))
+    );
+    now.fetch_add(500 + HOLD_MARGIN_MS, Ordering::Relaxed);
+    let d = s.on_timer();
+    assert_eq!(d.flow, Flow::Release);
+    assert_eq!(d.effects.hold_deadline_ms, None);
+    assert_eq!(counters.get(Counter::LookupErrorTimeout), 1);
+    assert_eq!(s.on_timer().flow, Flow::Continue, "nothing held any more");
+}
+
+#[test]
+fn a_reset_drops_everything_and_holds_nothing() {
+    let (mut s, counters) = stream(r#"{"request_mode": "hold_headers"}"#);
+    assert_eq!(
+        s.on_request_headers(request("POST", "/x", &[]), false).flow,
+        Flow::Hold
+    );
+    s.on_request_body(b"partial", false);
+    let d = s.on_reset();
+    assert_eq!((d.flow, d.effects.hold_deadline_ms), (Flow::Continue, None));
+    assert!(s.is_finished());
+    assert_eq!(s.on_request_body(b"more", true).flow, Flow::Continue);
+    assert_eq!(counters.get(Counter::Lookups), 0);
+    assert!(s.engine().records().next().is_none(), "nothing recorded");
+}
+
+#[test]
+fn response_events_never_hold_even_while_the_request_is_held() {
+    // stream_headers: the upstream may answer before the lookup does.
+    let (mut s, _) = stream("{}");
+    assert_eq!(
+        s.on_request_headers(request("POST", "/x", &[]), false).flow,
+        Flow::Continue
+    );
+    assert_eq!(s.on_request_body(b"a", false).flow, Flow::Hold);
+    let d = s.on_response_headers(400, response(&[]), false);
+    assert_eq!(d.flow, Flow::Continue);
+    assert!(
+        d.effects.hold_deadline_ms.is_some(),
+        "the request is still held"
+    );
+}
+
+#[test]
+fn local_replies_say_why() {
+    let (mut s, _) = stream("{}");
     s.on_request_headers(request("GET", "/x", &[]), true);
-    assert_eq!(s.verdict_update(), None, "still pending");
-    s.on_lookup_result(MISS);
-    assert_eq!(s.verdict_update().as_deref(), Some("miss"));
-    assert_eq!(s.verdict_update(), None, "unchanged");
+    let answer = hit_answer();
+    let d = s.on_lookup_result(hit(&answer));
+    assert_eq!(d.effects.reply.unwrap().details, "transparent_cache_hit");
+    let (mut s, _) = stream(r#"{"on_backend_error": "fail"}"#);
+    s.on_request_headers(request("GET", "/x", &[]), true);
+    let d = s.on_lookup_result(LookupResult::Failed(LookupFailure::Timeout));
+    assert_eq!(
+        d.effects.reply.unwrap().details,
+        "transparent_cache_backend_error"
+    );
 }

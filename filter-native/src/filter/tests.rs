@@ -555,7 +555,10 @@ fn the_watchdog_releases_a_request_whose_body_never_completes() {
         wait_for_commits(&s, 1, std::time::Duration::from_secs(5)),
         1
     );
-    assert!(started.elapsed() >= std::time::Duration::from_millis(1 + HOLD_MARGIN_MS));
+    assert!(
+        started.elapsed()
+            >= std::time::Duration::from_millis(1 + filter_core::engine::HOLD_MARGIN_MS)
+    );
     assert_eq!(c.watched_streams(), 0, "the entry goes with the commit");
     f.on_scheduled(&mut s, 1);
     assert_eq!(s.continued, 1, "released");

@@ -93,12 +93,24 @@ fn resp_body(b: &[u8], eos: bool) -> ProcessingRequest {
     }))
 }
 
-/// The response and the record of a `Step::Respond`.
-fn respond(step: Step) -> (ProcessingResponse, Option<Callout>) {
-    match step {
-        Step::Respond { response, record } => (*response, record),
-        other => panic!("expected a response, got {other:?}"),
-    }
+/// The response of a `Step::Respond`, and the record it queued (taken back out of the engine's
+/// queue).
+macro_rules! respond {
+    ($p:ident, $e:expr) => {{
+        let step = $e;
+        match step {
+            Step::Respond {
+                response,
+                record_queued,
+            } => {
+                let rec = record_queued
+                    .then(|| $p.stream().engine().records().next().map(|o| o.callout))
+                    .flatten();
+                (*response, rec)
+            }
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }};
 }
 
 fn lookup(step: Step) -> Callout {
@@ -153,17 +165,20 @@ fn bodiless_miss_looks_up_on_the_headers_then_streams_and_records_the_response()
     assert_eq!(m.response_header_mode, HeaderSendMode::Send as i32);
     assert_eq!(m.response_body_mode, BodySendMode::Streamed as i32);
 
-    let (r, rec) = respond(p.handle(resp_headers(
-        "200",
-        &[("content-type", b"application/json")],
-        false,
-    )));
+    let (r, rec) = respond!(
+        p,
+        p.handle(resp_headers(
+            "200",
+            &[("content-type", b"application/json")],
+            false,
+        ))
+    );
     is_continue(&r, Phase::ResponseHeaders);
     assert!(r.mode_override.is_none() && rec.is_none());
-    let (r, rec) = respond(p.handle(resp_body(b"{\"a\":", false)));
+    let (r, rec) = respond!(p, p.handle(resp_body(b"{\"a\":", false)));
     is_continue(&r, Phase::ResponseBody);
     assert!(rec.is_none());
-    let (r, rec) = respond(p.handle(resp_body(b"1}", true)));
+    let (r, rec) = respond!(p, p.handle(resp_body(b"1}", true)));
     is_continue(&r, Phase::ResponseBody);
     let rec = rec.expect("a record");
     assert_eq!(rec.header(":path"), Some("/v1/traces"));
@@ -257,31 +272,37 @@ fn envoy_1_26_headers_come_in_value_and_mutations_answer_in_value() {
 #[test]
 fn an_ineligible_request_skips_every_later_phase() {
     let (mut p, c) = phases(r#"{"rules": {"exclude_paths": ["/health.*"]}}"#);
-    let (r, rec) = respond(p.handle(req_headers("GET", "/healthz", &[], false)));
+    let (r, rec) = respond!(p, p.handle(req_headers("GET", "/healthz", &[], false)));
     is_continue(&r, Phase::RequestHeaders);
     assert!(rec.is_none());
     assert_eq!(r.mode_override, Some(skip_all()));
     assert_eq!(c.get(Counter::BypassPath), 1);
     // Upgrade / gRPC too.
     let (mut p, _) = phases("{}");
-    let (r, _) = respond(p.handle(req_headers(
-        "POST",
-        "/svc/M",
-        &[("content-type", b"application/grpc")],
-        false,
-    )));
+    let (r, _) = respond!(
+        p,
+        p.handle(req_headers(
+            "POST",
+            "/svc/M",
+            &[("content-type", b"application/grpc")],
+            false,
+        ))
+    );
     assert_eq!(r.mode_override, Some(skip_all()));
 }
 
 #[test]
 fn a_request_body_is_looked_up_when_complete_and_a_miss_continues_it() {
     let (mut p, c) = phases("{}");
-    let (r, _) = respond(p.handle(req_headers(
-        "POST",
-        "/q",
-        &[("content-length", b"5")],
-        false,
-    )));
+    let (r, _) = respond!(
+        p,
+        p.handle(req_headers(
+            "POST",
+            "/q",
+            &[("content-length", b"5")],
+            false,
+        ))
+    );
     is_continue(&r, Phase::RequestHeaders);
     assert!(
         r.mode_override.is_none(),
@@ -301,14 +322,14 @@ fn a_request_body_is_looked_up_when_complete_and_a_miss_continues_it() {
 #[test]
 fn a_partial_body_goes_upstream_without_a_lookup() {
     let (mut p, c) = phases("{}");
-    respond(p.handle(req_headers("POST", "/q", &[], false)));
-    let (r, rec) = respond(p.handle(req_body(b"first megabyte", false)));
+    respond!(p, p.handle(req_headers("POST", "/q", &[], false)));
+    let (r, rec) = respond!(p, p.handle(req_body(b"first megabyte", false)));
     is_continue(&r, Phase::RequestBody);
     assert!(rec.is_none());
     assert!(p.notes.request_body_incomplete);
     assert_eq!(c.get(Counter::Lookups), 0);
     // Whatever comes later passes untouched.
-    let (r, rec) = respond(p.handle(resp_headers("200", &[], false)));
+    let (r, rec) = respond!(p, p.handle(resp_headers("200", &[], false)));
     is_continue(&r, Phase::ResponseHeaders);
     assert!(rec.is_none());
 }
@@ -316,8 +337,8 @@ fn a_partial_body_goes_upstream_without_a_lookup() {
 #[test]
 fn a_body_over_the_engine_limit_passes_through() {
     let (mut p, c) = phases(r#"{"max_request_body_bytes": 4}"#);
-    respond(p.handle(req_headers("POST", "/q", &[], false)));
-    let (r, _) = respond(p.handle(req_body(b"too long", true)));
+    respond!(p, p.handle(req_headers("POST", "/q", &[], false)));
+    let (r, _) = respond!(p, p.handle(req_body(b"too long", true)));
     is_continue(&r, Phase::RequestBody);
     assert_eq!(r.mode_override, Some(skip_all()));
     assert_eq!(c.get(Counter::BypassRequestTooLarge), 1);
@@ -336,9 +357,9 @@ fn inject_only_skips_the_response_phases() {
 #[test]
 fn record_only_never_looks_up_and_records_a_bodiless_response_at_the_headers() {
     let (mut p, c) = phases(r#"{"mode": "record_only", "recordable_statuses": [204]}"#);
-    let (r, _) = respond(p.handle(req_headers("DELETE", "/x", &[], true)));
+    let (r, _) = respond!(p, p.handle(req_headers("DELETE", "/x", &[], true)));
     is_continue(&r, Phase::RequestHeaders);
-    let (r, rec) = respond(p.handle(resp_headers("204", &[], true)));
+    let (r, rec) = respond!(p, p.handle(resp_headers("204", &[], true)));
     is_continue(&r, Phase::ResponseHeaders);
     assert!(rec.is_some());
     assert_eq!(
@@ -353,7 +374,7 @@ fn an_unrecordable_status_skips_the_response_body() {
     let (mut p, c) = phases("{}");
     lookup(p.handle(req_headers("GET", "/x", &[], true)));
     p.after_lookup(MISS);
-    let (r, rec) = respond(p.handle(resp_headers("500", &[], false)));
+    let (r, rec) = respond!(p, p.handle(resp_headers("500", &[], false)));
     assert!(rec.is_none());
     assert_eq!(
         r.mode_override.unwrap().response_body_mode,
@@ -361,7 +382,7 @@ fn an_unrecordable_status_skips_the_response_body() {
     );
     assert_eq!(c.get(Counter::BypassStatus), 1);
     // If Envoy sends body chunks anyway, they pass.
-    let (r, rec) = respond(p.handle(resp_body(b"x", true)));
+    let (r, rec) = respond!(p, p.handle(resp_body(b"x", true)));
     is_continue(&r, Phase::ResponseBody);
     assert!(rec.is_none());
 }
@@ -384,7 +405,7 @@ fn strict_mode_answers_502_locally() {
 #[test]
 fn trailers_end_the_body_when_envoy_sends_them() {
     let (mut p, _) = phases("{}");
-    respond(p.handle(req_headers("POST", "/q", &[], false)));
+    respond!(p, p.handle(req_headers("POST", "/q", &[], false)));
     let step = p.handle(msg(Q::RequestTrailers(HttpTrailers::default())));
     lookup(step);
     let r = p.after_lookup(MISS);
