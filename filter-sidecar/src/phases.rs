@@ -78,8 +78,6 @@ pub struct Phases {
     raw_values: bool,
     /// The phase whose answer waits for a lookup.
     pending: Option<Phase>,
-    /// The request is a HEAD.
-    head: bool,
     /// Request headers the engine asked to set (the session in `tracestate`), sent with the
     /// answer to the request headers.
     edits: Vec<Header>,
@@ -158,7 +156,6 @@ impl Phases {
             records,
             raw_values: false,
             pending: None,
-            head: false,
             edits: Vec::new(),
             notes: Notes::default(),
         }
@@ -184,8 +181,6 @@ impl Phases {
             Q::RequestHeaders(h) => {
                 let (headers, raw) = headers_of(h.headers.as_ref());
                 self.raw_values = raw;
-                self.head = filter_core::http::header(&headers, ":method")
-                    .is_some_and(|m| m.eq_ignore_ascii_case(b"HEAD"));
                 let d = self.stream.on_request_headers(headers, h.end_of_stream);
                 self.decide(Phase::RequestHeaders, d, h.end_of_stream)
             }
@@ -227,26 +222,7 @@ impl Phases {
     /// The lookup asked for by [`Step::Lookup`] ended: the response to send.
     pub fn after_lookup(&mut self, result: LookupResult<'_>) -> ProcessingResponse {
         let phase = self.pending.take().unwrap_or(Phase::RequestHeaders);
-        let mut d = self.stream.on_lookup_result(result);
-        if let (
-            true,
-            Some(reply),
-            LookupResult::Answer {
-                body, content_type, ..
-            },
-        ) = (self.head, d.effects.reply.as_mut(), result)
-        {
-            // A hit served to HEAD: the engine dropped the body, but Envoy's local reply keeps the
-            // content type (and sets the length) only when it has one, and never sends it to a
-            // HEAD. Hand Envoy the recorded body so the client sees the recorded headers.
-            if reply.response.body.is_empty() {
-                let format = filter_core::Format::from_content_type(content_type);
-                let redactor = &self.stream.engine().config().redactor;
-                if let Ok(recorded) = filter_core::codec::decode_answer(body, format, redactor) {
-                    reply.response.body = recorded.body;
-                }
-            }
-        }
+        let d = self.stream.on_lookup_result(result);
         match self.decide(phase, d, true) {
             Step::Respond { response, .. } => *response,
             // The engine never asks for a second lookup; answer "continue" if it ever did.

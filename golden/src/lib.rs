@@ -524,7 +524,11 @@ impl Sim<'_> {
         Ok(self.stream.on_lookup_result(result))
     }
 
-    fn serve(&mut self, resp: Response) {
+    fn serve(&mut self, mut resp: Response) {
+        // Like Envoy: a local reply to HEAD goes out as headers only.
+        if self.case.request.method.eq_ignore_ascii_case("HEAD") {
+            resp.body = Vec::new();
+        }
         self.served = true;
         self.obs.client_status = resp.status;
         self.obs.client_headers = resp

@@ -901,9 +901,8 @@ impl Stream {
                     self.state = State::Done;
                     self.body = Vec::new();
                     self.body_base64 = None;
-                    if self.method == b"HEAD" {
-                        response.body = Vec::new();
-                    }
+                    // A HEAD hit keeps the recorded body: Envoy sends a local reply to HEAD as
+                    // headers only, with the body's length and content type, as for any HEAD.
                     if let Some(h) = &self.config().hit_header {
                         response.headers.push((h.clone(), b"hit".to_vec()));
                     }
@@ -964,11 +963,7 @@ impl Stream {
         Step::Serve(Response {
             status,
             headers,
-            body: if self.method == b"HEAD" {
-                Vec::new()
-            } else {
-                body.to_vec()
-            },
+            body: body.to_vec(),
         })
     }
 
