@@ -88,50 +88,185 @@ pub enum OnBackendError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     /// Envoy cluster the callouts go to.
-    pub cluster: String,
+    pub(crate) cluster: String,
     /// `:authority` of the callouts; requests to this host are never looked up.
-    pub authority: String,
-    pub inject_path: String,
-    pub traces_path: String,
+    pub(crate) authority: String,
+    pub(crate) inject_path: String,
+    pub(crate) traces_path: String,
     /// Header that carries `api_key`: `authorization` carries `Bearer <api_key>`, any other
     /// header the key as it is.
-    pub auth_header: String,
-    pub api_key: Option<String>,
-    pub lookup_timeout_ms: u64,
-    pub record_timeout_ms: u64,
+    pub(crate) auth_header: String,
+    pub(crate) api_key: Option<String>,
+    pub(crate) lookup_timeout_ms: u64,
+    pub(crate) record_timeout_ms: u64,
 }
 
-/// The validated configuration.
+/// The validated configuration: read-only once [`Config::from_json`] has checked it (every
+/// field has a getter of its name; nothing outside the engine can change a validated value).
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub mode: Mode,
-    pub backend: Backend,
-    pub service_name: Option<String>,
-    pub traffic_direction: Direction,
+    pub(crate) mode: Mode,
+    pub(crate) backend: Backend,
+    pub(crate) service_name: Option<String>,
+    pub(crate) traffic_direction: Direction,
     /// Where the session id is read from, first match wins.
-    pub session_sources: Vec<SessionSource>,
+    pub(crate) session_sources: Vec<SessionSource>,
     /// Lookups and records only for requests with a session (what the Softprobe runtime expects);
     /// requests without one pass through with no backend call.
-    pub require_session: bool,
+    pub(crate) require_session: bool,
     /// Write the session into the forwarded request's `tracestate` (and create a `traceparent`
     /// when there is none), so the app's trace propagation carries it to its outbound calls.
-    pub propagate_session: bool,
-    pub on_error_answer: OnErrorAnswer,
-    pub recordable_statuses: Vec<u16>,
-    pub max_request_body_bytes: usize,
-    pub max_response_body_bytes: usize,
-    pub request_mode: RequestMode,
-    pub on_backend_error: OnBackendError,
-    pub rules: Rules,
-    pub redactor: Redactor,
+    pub(crate) propagate_session: bool,
+    pub(crate) on_error_answer: OnErrorAnswer,
+    pub(crate) recordable_statuses: Vec<u16>,
+    pub(crate) max_request_body_bytes: usize,
+    pub(crate) max_response_body_bytes: usize,
+    pub(crate) request_mode: RequestMode,
+    pub(crate) on_backend_error: OnBackendError,
+    pub(crate) rules: Rules,
+    pub(crate) redactor: Redactor,
     /// Header added to served hits (value `hit`), or none.
-    pub hit_header: Option<String>,
+    pub(crate) hit_header: Option<String>,
     /// Request header the host writes the verdict ([`crate::Stream::verdict`]) into once it is
     /// known, at points where the upstream can no longer see it (for tracers that tag spans from
     /// request headers only, e.g. Istio 1.18's `Telemetry` custom tags), or none.
-    pub verdict_header: Option<String>,
+    pub(crate) verdict_header: Option<String>,
     /// The record queue's bounds ([`crate::records`]).
-    pub records: RecordLimits,
+    pub(crate) records: RecordLimits,
+}
+
+impl Backend {
+    /// See the `cluster` key in docs/config.md.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// See the `authority` key in docs/config.md.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// See the `inject_path` key in docs/config.md.
+    pub fn inject_path(&self) -> &str {
+        &self.inject_path
+    }
+
+    /// See the `traces_path` key in docs/config.md.
+    pub fn traces_path(&self) -> &str {
+        &self.traces_path
+    }
+
+    /// See the `auth_header` key in docs/config.md.
+    pub fn auth_header(&self) -> &str {
+        &self.auth_header
+    }
+
+    /// See the `api_key` key in docs/config.md.
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
+    }
+
+    /// See the `lookup_timeout_ms` key in docs/config.md.
+    pub fn lookup_timeout_ms(&self) -> u64 {
+        self.lookup_timeout_ms
+    }
+
+    /// See the `record_timeout_ms` key in docs/config.md.
+    pub fn record_timeout_ms(&self) -> u64 {
+        self.record_timeout_ms
+    }
+}
+
+impl Config {
+    /// See the `mode` key in docs/config.md.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// See the `backend` key in docs/config.md.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// See the `service_name` key in docs/config.md.
+    pub fn service_name(&self) -> Option<&str> {
+        self.service_name.as_deref()
+    }
+
+    /// See the `traffic_direction` key in docs/config.md.
+    pub fn traffic_direction(&self) -> Direction {
+        self.traffic_direction
+    }
+
+    /// See the `session_sources` key in docs/config.md.
+    pub fn session_sources(&self) -> &[SessionSource] {
+        &self.session_sources
+    }
+
+    /// See the `require_session` key in docs/config.md.
+    pub fn require_session(&self) -> bool {
+        self.require_session
+    }
+
+    /// See the `propagate_session` key in docs/config.md.
+    pub fn propagate_session(&self) -> bool {
+        self.propagate_session
+    }
+
+    /// See the `on_error_answer` key in docs/config.md.
+    pub fn on_error_answer(&self) -> OnErrorAnswer {
+        self.on_error_answer
+    }
+
+    /// See the `recordable_statuses` key in docs/config.md.
+    pub fn recordable_statuses(&self) -> &[u16] {
+        &self.recordable_statuses
+    }
+
+    /// See the `max_request_body_bytes` key in docs/config.md.
+    pub fn max_request_body_bytes(&self) -> usize {
+        self.max_request_body_bytes
+    }
+
+    /// See the `max_response_body_bytes` key in docs/config.md.
+    pub fn max_response_body_bytes(&self) -> usize {
+        self.max_response_body_bytes
+    }
+
+    /// See the `request_mode` key in docs/config.md.
+    pub fn request_mode(&self) -> RequestMode {
+        self.request_mode
+    }
+
+    /// See the `on_backend_error` key in docs/config.md.
+    pub fn on_backend_error(&self) -> OnBackendError {
+        self.on_backend_error
+    }
+
+    /// See the `rules` key in docs/config.md.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// See the `redactor` key in docs/config.md.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// See the `hit_header` key in docs/config.md.
+    pub fn hit_header(&self) -> Option<&str> {
+        self.hit_header.as_deref()
+    }
+
+    /// See the `verdict_header` key in docs/config.md.
+    pub fn verdict_header(&self) -> Option<&str> {
+        self.verdict_header.as_deref()
+    }
+
+    /// See the `records` key in docs/config.md.
+    pub fn records(&self) -> RecordLimits {
+        self.records
+    }
 }
 
 /// Default of [`Config::verdict_header`].

@@ -66,14 +66,22 @@ pub fn parse(bytes: &[u8]) -> anyhow::Result<(filter_core::Config, SidecarSettin
         if let Some(section) = obj.remove("sidecar") {
             settings = parse_section(&section)?;
         }
+        // The older names of `records.max_queued` / `max_in_flight`, merged before validation.
+        for (key, value) in [
+            ("max_queued", settings.record_queue_capacity),
+            ("max_in_flight", settings.record_concurrency),
+        ] {
+            if let Some(n) = value {
+                let records = obj
+                    .entry("records")
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if let Some(r) = records.as_object_mut() {
+                    r.insert(key.into(), Value::from(n));
+                }
+            }
+        }
     }
-    let mut config = filter_core::Config::from_value(&doc)?;
-    if let Some(n) = settings.record_queue_capacity {
-        config.records.max_queued = n;
-    }
-    if let Some(n) = settings.record_concurrency {
-        config.records.max_in_flight = n;
-    }
+    let config = filter_core::Config::from_value(&doc)?;
     Ok((config, settings))
 }
 
@@ -138,14 +146,15 @@ mod tests {
             br#"{"mode":"inject_only","sidecar":{"backend_url":"http://127.0.0.1:1","record_queue_capacity":3}}"#,
         )
         .unwrap();
-        assert_eq!(c.mode, filter_core::Mode::InjectOnly);
+        assert_eq!(c.mode(), filter_core::Mode::InjectOnly);
         assert_eq!(s.backend_url.as_deref(), Some("http://127.0.0.1:1"));
         assert_eq!(s.record_queue_capacity, Some(3));
         assert_eq!(
-            c.records.max_queued, 3,
+            c.records().max_queued,
+            3,
             "the sidecar's name for records.max_queued"
         );
-        assert_eq!(c.records.max_in_flight, 8, "the engine's default");
+        assert_eq!(c.records().max_in_flight, 8, "the engine's default");
     }
 
     #[test]

@@ -150,7 +150,7 @@ pub fn continue_response(
 
 impl Phases {
     pub fn new(stream: Stream) -> Phases {
-        let records = stream.engine().config().mode.records();
+        let records = stream.engine().config().mode().records();
         Phases {
             stream,
             records,

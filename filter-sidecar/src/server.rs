@@ -73,7 +73,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .backend_url
         .clone()
         .or(settings.backend_url.clone())
-        .unwrap_or_else(|| format!("https://{}", config.backend.authority));
+        .unwrap_or_else(|| format!("https://{}", config.backend().authority()));
     let caller = Arc::new(HttpBackend::new(&backend_url)?);
     let counters = Arc::new(AtomicCounters::default());
     let engine = Arc::new(Engine::new(

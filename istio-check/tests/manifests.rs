@@ -199,20 +199,21 @@ fn plugin_configs_are_accepted_by_the_engine() {
                 "stream_headers",
                 "{file}: 1.26 needs stream_headers"
             );
-            if cfg.mode == filter_core::Mode::PropagateOnly {
+            if cfg.mode() == filter_core::Mode::PropagateOnly {
                 // The inbound piece: it only carries the session on, so it calls no backend.
                 assert_eq!(
-                    cfg.traffic_direction,
+                    cfg.traffic_direction(),
                     filter_core::Direction::Inbound,
                     "{file}"
                 );
-                assert!(cfg.propagate_session, "{file}");
+                assert!(cfg.propagate_session(), "{file}");
                 inbound += 1;
             } else {
                 // The hosted runtime decides per session: no round trip without one.
-                assert!(cfg.require_session, "{file} {what}: require_session");
+                assert!(cfg.require_session(), "{file} {what}: require_session");
                 assert_eq!(
-                    cfg.backend.auth_header, "authorization",
+                    cfg.backend().auth_header(),
+                    "authorization",
                     "{file}: Bearer auth"
                 );
             }

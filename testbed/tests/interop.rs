@@ -714,7 +714,7 @@ fn a_scalar_only_reader_loses_nothing_of_our_spans_in_any_golden_case() {
                     &headers,
                     &body,
                     response,
-                    &config.redactor,
+                    config.redactor(),
                 ) {
                     errors.push(format!("{} ({kind}): {e}", case.name));
                 }
