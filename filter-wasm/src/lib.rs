@@ -11,6 +11,7 @@
 //!
 //! See `filter-wasm/README.md` for the Envoy configuration and the request modes.
 mod abi;
+pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod root;

@@ -7,11 +7,12 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
-use filter_core::{Callout, Config, Engine, Node, RecordResult, Services};
+use filter_core::{Config, Engine, Node, RecordResult, Services};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
+use crate::host::{dispatch, log_warn, Envoy};
 use crate::http::{Flow, Http};
 use crate::metrics::EnvoyCounters;
 
@@ -90,7 +91,7 @@ impl Root {
             if let Some(flow) = flow {
                 if hostcalls::set_effective_context(id).is_ok() {
                     if let Ok(mut flow) = flow.try_borrow_mut() {
-                        flow.on_timer();
+                        flow.on_timer(&mut Envoy);
                         if flow.deadline().is_none() {
                             self.shared.held.borrow_mut().remove(&id);
                         }
@@ -100,21 +101,6 @@ impl Root {
         }
         let _ = hostcalls::set_effective_context(self.context_id);
     }
-}
-
-pub(crate) fn dispatch(callout: &Callout) -> Result<u32, String> {
-    hostcalls::dispatch_http_call(
-        &callout.cluster,
-        callout.header_pairs(),
-        Some(&callout.body),
-        Vec::new(),
-        Duration::from_millis(callout.timeout_ms),
-    )
-    .map_err(|s| format!("the host refused the call ({s:?}; is the cluster defined?)"))
-}
-
-pub(crate) fn log_warn(msg: &str) {
-    let _ = hostcalls::log(proxy_wasm::types::LogLevel::Warn, msg);
 }
 
 fn property(path: &[&str]) -> Option<String> {

@@ -7,6 +7,8 @@
 //!
 //! The format is documented in `golden/README.md`.
 
+pub mod conformance;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

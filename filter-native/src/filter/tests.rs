@@ -9,6 +9,7 @@ use filter_core::{Counter, Response};
 
 use super::*;
 use crate::sdk::{CalloutInitError, MetricsError};
+use golden::conformance::{self, Call, Event};
 
 #[derive(Default)]
 struct Counters {
@@ -104,6 +105,8 @@ struct MockStream {
     /// Request headers set: (name, value).
     set_headers: Vec<(Vec<u8>, Vec<u8>)>,
     commits: Arc<Commits>,
+    /// Every host call in order, in the conformance scenarios' words.
+    calls: Vec<Call>,
 }
 
 impl MockStream {
@@ -130,7 +133,14 @@ impl EnvoyHttpFilter for MockStream {
     fn received_response_body(&mut self) -> Vec<&[u8]> {
         self.frame.iter().map(Vec::as_slice).collect()
     }
-    fn send_response(&mut self, status: u16, headers: &[HeaderRef<'_>], body: &[u8], _: &str) {
+    fn send_response(
+        &mut self,
+        status: u16,
+        headers: &[HeaderRef<'_>],
+        body: &[u8],
+        details: &str,
+    ) {
+        self.calls.push(Call::Reply(status, details.into()));
         let headers = headers
             .iter()
             .map(|(n, v)| (n.to_vec(), v.to_vec()))
@@ -143,6 +153,8 @@ impl EnvoyHttpFilter for MockStream {
             .find(|(n, _)| *n == b":status")
             .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
             .unwrap_or(0);
+        self.calls
+            .push(Call::Reply(status, "transparent_cache_hit".into()));
         let headers = headers
             .iter()
             .filter(|(n, _)| *n != b":status")
@@ -151,13 +163,17 @@ impl EnvoyHttpFilter for MockStream {
         self.sent.push((status, headers, Vec::new()));
     }
     fn continue_decoding(&mut self) {
+        self.calls.push(Call::Resume);
         self.continued += 1;
     }
     fn set_request_header(&mut self, name: &[u8], value: &[u8]) -> bool {
+        self.calls
+            .push(Call::SetRequestHeader(String::from_utf8_lossy(name).into()));
         self.set_headers.push((name.to_vec(), value.to_vec()));
         true
     }
     fn set_dynamic_metadata_string(&mut self, namespace: &str, key: &str, value: &str) {
+        self.calls.push(Call::Verdict(value.into()));
         self.metadata
             .push((namespace.into(), key.into(), value.into()));
     }
@@ -174,6 +190,7 @@ impl EnvoyHttpFilter for MockStream {
         if self.fail_callouts {
             return Err(CalloutInitError::CannotCreateRequest);
         }
+        self.calls.push(Call::Lookup);
         self.callouts
             .push((cluster.into(), owned(headers), body.to_vec(), timeout_ms));
         Ok(100 + self.callouts.len() as u64)
@@ -620,4 +637,89 @@ fn strict_mode_serves_its_502_when_the_watchdog_fires() {
     assert_eq!(s.sent[0].0, 502);
     assert_eq!(s.continued, 0);
     assert_eq!(s.verdict(), Some("error:timeout"));
+}
+
+/// The shared conformance scenarios (`golden::conformance`): the same host calls, in the same
+/// order, as every in-proxy host.
+#[test]
+fn conformance_with_every_in_proxy_host() {
+    let mut errors = Vec::new();
+    for sc in conformance::scenarios() {
+        let (_envoy, c) = config(&sc.config.to_string());
+        let mut s = MockStream {
+            fail_callouts: sc.dispatch_fails,
+            ..MockStream::default()
+        };
+        let mut f = filter(&c, &mut s);
+        let mut got = Vec::new();
+        for (event, _) in &sc.steps {
+            s.calls.clear();
+            match event {
+                Event::RequestHeaders {
+                    method,
+                    path,
+                    headers,
+                    end_of_stream,
+                } => {
+                    s.request_headers = request(method, path, headers).request_headers;
+                    let status = f.on_request_headers(&mut s, *end_of_stream);
+                    s.calls.push(if status == HeadersStatus::Continue {
+                        Call::Continue
+                    } else {
+                        Call::Pause
+                    });
+                }
+                Event::RequestBody {
+                    chunk,
+                    end_of_stream,
+                } => {
+                    s.frame = vec![chunk.clone()];
+                    let status = f.on_request_body(&mut s, *end_of_stream);
+                    s.calls.push(if status == BodyStatus::Continue {
+                        Call::Continue
+                    } else {
+                        Call::Pause
+                    });
+                }
+                Event::LookupReply {
+                    status,
+                    content_type,
+                    body,
+                } => {
+                    let mut h: Vec<(&[u8], &[u8])> = vec![(b":status", status.as_bytes())];
+                    if let Some(ct) = content_type {
+                        h.push((b"content-type", ct.as_bytes()));
+                    }
+                    let id = 100 + s.callouts.len() as u64;
+                    f.on_http_callout_done(&mut s, id, CalloutResult::Success, &h, &[body]);
+                }
+                Event::ResponseHeaders {
+                    status,
+                    headers,
+                    end_of_stream,
+                } => {
+                    let mut h = vec![(b":status".to_vec(), status.to_string().into_bytes())];
+                    h.extend(
+                        headers
+                            .iter()
+                            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())),
+                    );
+                    s.response_headers = h;
+                    f.on_response_headers(&mut s, *end_of_stream);
+                    s.calls.push(Call::Continue);
+                }
+                Event::ResponseBody {
+                    chunk,
+                    end_of_stream,
+                } => {
+                    s.frame = vec![chunk.clone()];
+                    f.on_response_body(&mut s, *end_of_stream);
+                    s.calls.push(Call::Continue);
+                }
+            }
+            got.push(std::mem::take(&mut s.calls));
+        }
+        errors.extend(conformance::check("native", &sc, &got));
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
