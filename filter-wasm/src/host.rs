@@ -52,7 +52,10 @@ impl Host for Envoy {
     }
 }
 
-/// Makes a callout to the engine's cluster (the root context sends records with it too).
+/// Makes a callout to the engine's cluster (the root context sends records with it too). The one
+/// SDK host call left: it registers the callout's token with the SDK's dispatcher, which routes
+/// the answer to the context that made it; it panics only on a status Envoy's `http_call` never
+/// returns (Envoy answers `Ok`, `BadArgument` or `InternalFailure`).
 pub fn dispatch(callout: &Callout) -> Result<u32, String> {
     hostcalls::dispatch_http_call(
         &callout.cluster,
@@ -66,5 +69,5 @@ pub fn dispatch(callout: &Callout) -> Result<u32, String> {
 
 /// A warning in Envoy's log.
 pub fn log_warn(message: &str) {
-    let _ = hostcalls::log(proxy_wasm::types::LogLevel::Warn, message);
+    abi::log(abi::LOG_WARN, message);
 }

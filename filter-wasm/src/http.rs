@@ -6,10 +6,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use filter_core::{Decision, Engine, Flow as EngineFlow, Header, LookupReply, Response, Stream};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, MapType};
+use proxy_wasm::types::Action;
 
+use crate::abi;
 use crate::host::{Envoy, Host};
 use crate::root::Shared;
 
@@ -246,32 +246,27 @@ impl Http {
     }
 }
 
-fn headers(pairs: Vec<(String, Vec<u8>)>) -> Vec<Header> {
-    pairs
-        .into_iter()
-        .map(|(n, v)| (n.into_bytes(), v))
-        .collect()
+/// A header map of the stream (empty when the host refuses it).
+fn headers(map_type: u32) -> Vec<Header> {
+    abi::header_map(map_type).unwrap_or_default()
 }
 
-fn buffer(kind: BufferType, start: usize, len: usize) -> Vec<u8> {
+fn buffer(kind: u32, start: usize, len: usize) -> Vec<u8> {
     if len == 0 {
         return Vec::new();
     }
-    hostcalls::get_buffer(kind, start, len)
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    abi::buffer(kind, start, len).unwrap_or_default()
 }
 
 impl Context for Http {
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         let header = |name| {
-            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
+            abi::header_value(abi::CALL_RESPONSE_HEADERS, name)
                 .ok()
                 .flatten()
         };
         let (status, content_type) = (header(":status"), header("content-type"));
-        let body = buffer(BufferType::HttpCallResponseBody, 0, body_size);
+        let body = buffer(abi::CALL_RESPONSE_BODY, 0, body_size);
         let reply = LookupReply {
             status: status.as_deref(),
             content_type: content_type.as_deref(),
@@ -288,7 +283,7 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
-        let h = headers(self.get_http_request_headers_bytes());
+        let h = headers(abi::REQUEST_HEADERS);
         self.with(Action::Continue, |f| {
             f.request_headers(&mut Envoy, h, end_of_stream)
         })
@@ -300,7 +295,7 @@ impl HttpContext for Http {
         }
         self.with(Action::Continue, |f| {
             let (start, len) = f.body_range(body_size);
-            let chunk = buffer(BufferType::HttpRequestBody, start, len);
+            let chunk = buffer(abi::REQUEST_BODY, start, len);
             f.request_body(&mut Envoy, &chunk, body_size, end_of_stream)
         })
     }
@@ -314,17 +309,14 @@ impl HttpContext for Http {
 
     fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         let restore = self.with(Vec::new(), |f| std::mem::take(&mut f.served_content_type));
-        if !restore.is_empty()
-            && self
-                .get_http_response_header_bytes("content-type")
-                .is_none()
-        {
+        let has_type = abi::header_value(abi::RESPONSE_HEADERS, "content-type");
+        if !restore.is_empty() && matches!(has_type, Ok(None)) {
             for value in &restore {
-                self.add_http_response_header_bytes("content-type", value);
+                let _ = abi::add_header(abi::RESPONSE_HEADERS, "content-type", value);
             }
         }
         if self.active() {
-            let h = headers(self.get_http_response_headers_bytes());
+            let h = headers(abi::RESPONSE_HEADERS);
             let status = filter_core::http::status(&h).unwrap_or(0);
             self.with((), |f| {
                 f.response(&mut Envoy, |s| {
@@ -337,7 +329,7 @@ impl HttpContext for Http {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.active() {
-            let chunk = buffer(BufferType::HttpResponseBody, 0, body_size);
+            let chunk = buffer(abi::RESPONSE_BODY, 0, body_size);
             self.with((), |f| {
                 f.response(&mut Envoy, |s| s.on_response_body(&chunk, end_of_stream))
             });

@@ -40,8 +40,5 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Wall-clock nanoseconds since the Unix epoch from the host (0 if it cannot tell).
 pub(crate) fn now_nanos() -> u64 {
-    proxy_wasm::hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    abi::now_nanos().unwrap_or(0)
 }

@@ -1,8 +1,8 @@
-//! The engine's counters as Envoy counters (`define_metric` / `increment_metric`).
+//! The engine's counters as Envoy counters (`proxy_define_metric` / `proxy_increment_metric`).
 
 use filter_core::{Counter, Metrics};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+
+use crate::abi;
 
 /// Envoy metric ids, indexed by `Counter as usize`; `None` where the host refused to define one.
 #[derive(Debug, Default)]
@@ -20,7 +20,7 @@ impl EnvoyCounters {
                 .iter()
                 .map(|c| {
                     let name = format!("{}.{}", crate::STAT_PREFIX, c.name());
-                    hostcalls::define_metric(MetricType::Counter, &name).ok()
+                    abi::define_counter(&name).ok()
                 })
                 .collect(),
         }
@@ -33,7 +33,7 @@ impl Metrics for EnvoyCounters {
             return;
         }
         if let Some(Some(id)) = self.ids.get(counter as usize) {
-            let _ = hostcalls::increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX));
+            let _ = abi::increment(*id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 }

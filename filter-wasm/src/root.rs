@@ -5,13 +5,12 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::Duration;
 
 use filter_core::{Config, Engine, Node, RecordResult, Services};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
+use crate::abi;
 use crate::host::{dispatch, log_warn, Envoy};
 use crate::http::{Flow, Http};
 use crate::metrics::EnvoyCounters;
@@ -89,7 +88,7 @@ impl Root {
         for id in due {
             let flow = self.shared.held.borrow().get(&id).and_then(Weak::upgrade);
             if let Some(flow) = flow {
-                if hostcalls::set_effective_context(id).is_ok() {
+                if abi::set_effective_context(id).is_ok() {
                     if let Ok(mut flow) = flow.try_borrow_mut() {
                         flow.on_timer(&mut Envoy);
                         if flow.deadline().is_none() {
@@ -99,12 +98,12 @@ impl Root {
                 }
             }
         }
-        let _ = hostcalls::set_effective_context(self.context_id);
+        let _ = abi::set_effective_context(self.context_id);
     }
 }
 
 fn property(path: &[&str]) -> Option<String> {
-    hostcalls::get_property(path.to_vec())
+    abi::property(path)
         .ok()
         .flatten()
         .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -136,13 +135,10 @@ impl Context for Root {
         let Some(ticket) = self.in_flight.remove(&token_id) else {
             return;
         };
-        let status = hostcalls::get_map_value_bytes(
-            proxy_wasm::types::MapType::HttpCallResponseHeaders,
-            ":status",
-        )
-        .ok()
-        .flatten()
-        .and_then(|s| filter_core::http::parse_status(&s));
+        let status = abi::header_value(abi::CALL_RESPONSE_HEADERS, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| filter_core::http::parse_status(&s));
         if let Some(engine) = &self.engine {
             let result = status.map_or(RecordResult::Failed, RecordResult::Status);
             engine.records().finish(ticket, result);
@@ -153,8 +149,9 @@ impl Context for Root {
 }
 
 impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let raw = self.get_plugin_configuration().unwrap_or_default();
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let raw = abi::buffer(abi::PLUGIN_CONFIGURATION, 0, plugin_configuration_size)
+            .unwrap_or_default();
         let raw = if raw.iter().all(u8::is_ascii_whitespace) {
             b"{}".to_vec()
         } else {
@@ -163,8 +160,8 @@ impl RootContext for Root {
         let config = match Config::from_json(&raw) {
             Ok(c) => c,
             Err(e) => {
-                let _ = hostcalls::log(
-                    proxy_wasm::types::LogLevel::Error,
+                abi::log(
+                    abi::LOG_ERROR,
                     &format!("transparent-cache: rejected plugin configuration: {e}"),
                 );
                 return false;
@@ -185,7 +182,11 @@ impl RootContext for Root {
             },
         );
         self.engine = Some(Arc::new(engine));
-        self.set_tick_period(Duration::from_millis(crate::TICK_MS));
+        if let Err(e) = abi::set_tick_period(crate::TICK_MS as u32) {
+            log_warn(&format!(
+                "transparent-cache: no tick ({e}): records and timers will not run"
+            ));
+        }
         true
     }
 

@@ -143,3 +143,110 @@ fn conformance_with_every_in_proxy_host() {
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
+
+/// A host that refuses every call (each returns an error status, never a panic).
+#[derive(Default)]
+struct Refusing {
+    resumes: u32,
+    replies: u32,
+}
+
+impl Host for Refusing {
+    fn set_request_header(&mut self, _: &str, _: &[u8]) -> Result<(), HostError> {
+        Err(HostError(2))
+    }
+    fn set_verdict(&mut self, _: &str) -> Result<(), HostError> {
+        Err(HostError(2))
+    }
+    fn send_local_response(&mut self, _: &Response, _: &str) -> Result<(), HostError> {
+        self.replies += 1;
+        Err(HostError(2))
+    }
+    fn resume_request(&mut self) -> Result<(), HostError> {
+        self.resumes += 1;
+        Err(HostError(2))
+    }
+    fn dispatch(&mut self, _: &Callout) -> Result<u32, String> {
+        Err("BadArgument".into())
+    }
+    fn log_warn(&mut self, _: &str) {}
+}
+
+fn flow(config: &str) -> Flow {
+    let engine = Engine::new(
+        Config::from_json(config.as_bytes()).unwrap(),
+        &Node::default(),
+        Services {
+            metrics: Arc::new(AtomicCounters::default()),
+            clock: Box::new(|| 1_000_000_000),
+            seed: 5,
+        },
+    );
+    Flow::new(Some(Arc::new(engine)))
+}
+
+#[test]
+fn a_host_error_in_any_callback_leaves_the_stream_passing_through() {
+    let get = || bytes(&[(":method", "GET"), (":path", "/x"), (":authority", "h")]);
+    // Request headers: the lookup cannot be dispatched, the verdict cannot be published.
+    let mut f = flow("{}");
+    let mut host = Refusing::default();
+    assert_eq!(f.request_headers(&mut host, get(), true), Action::Continue);
+    assert_eq!(f.deadline(), None, "nothing held");
+
+    // Request headers of the inbound piece: the tracestate cannot be written.
+    let mut f = flow(r#"{"traffic_direction": "inbound", "mode": "propagate_only"}"#);
+    let mut h = get();
+    h.extend(bytes(&[("x-softprobe-session-id", "s")]));
+    assert_eq!(f.request_headers(&mut host, h, true), Action::Continue);
+
+    // A body event after a failed dispatch: passes.
+    let mut f = flow("{}");
+    let mut post = bytes(&[(":method", "POST"), (":path", "/x"), (":authority", "h")]);
+    post.extend(bytes(&[("content-type", "text/plain")]));
+    assert_eq!(f.request_headers(&mut host, post, false), Action::Continue);
+    assert_eq!(f.request_body(&mut host, b"abc", 3, true), Action::Continue);
+    assert_eq!(f.deadline(), None);
+
+    // A hit whose local reply is refused: the request is resumed instead (upstream).
+    let mut f = flow("{}");
+    let mut ok = Mock::default();
+    f.request_headers(&mut ok, get(), true);
+    let answer = filter_core::codec::encode_answer(
+        "b",
+        &filter_core::codec::SpanIds::default(),
+        &Response {
+            status: 200,
+            headers: vec![],
+            body: b"hit".to_vec(),
+        },
+    );
+    let reply = LookupReply {
+        status: Some(b"200"),
+        content_type: Some(b"application/x-protobuf"),
+        body: &answer,
+    };
+    f.lookup_answer(&mut host, ok.tokens, Some(reply));
+    assert_eq!((host.replies, host.resumes), (1, 1));
+    assert_eq!(f.deadline(), None);
+
+    // A miss whose resume is refused: nothing stays held on our side.
+    let mut f = flow("{}");
+    f.request_headers(&mut ok, get(), true);
+    let miss = LookupReply {
+        status: Some(b"404"),
+        content_type: None,
+        body: b"",
+    };
+    f.lookup_answer(&mut host, ok.tokens, Some(miss));
+    assert_eq!(host.resumes, 2);
+    assert_eq!(f.deadline(), None);
+
+    // Response events: always go on.
+    let mut f = flow(r#"{"mode": "record_only"}"#);
+    f.request_headers(&mut host, get(), true);
+    f.response(&mut host, |s| s.on_response_headers(200, bytes(&[]), false));
+    f.response(&mut host, |s| s.on_response_body(b"ok", true));
+    f.on_timer(&mut host);
+    f.done();
+}
