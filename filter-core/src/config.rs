@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::breaker::BreakerConfig;
 use crate::codec::{Direction, Redactor};
 use crate::records::RecordLimits;
 use crate::rules::{Pattern, Rules};
@@ -133,6 +134,8 @@ pub struct Config {
     pub(crate) verdict_header: Option<String>,
     /// The record queue's bounds ([`crate::records`]).
     pub(crate) records: RecordLimits,
+    /// The circuit breakers of the lookups and of the records ([`crate::breaker`]).
+    pub(crate) breaker: BreakerConfig,
 }
 
 impl Backend {
@@ -267,6 +270,11 @@ impl Config {
     pub fn records(&self) -> RecordLimits {
         self.records
     }
+
+    /// See the `breaker` key in docs/config.md.
+    pub fn breaker(&self) -> BreakerConfig {
+        self.breaker
+    }
 }
 
 /// Default of [`Config::verdict_header`].
@@ -335,6 +343,7 @@ impl Default for Config {
             hit_header: Some("x-softprobe-cache".into()),
             verdict_header: Some(DEFAULT_VERDICT_HEADER.into()),
             records: RecordLimits::default(),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -378,7 +387,9 @@ const TOP_KEYS: &[&str] = &[
     "hit_header",
     "verdict_header",
     "records",
+    "breaker",
 ];
+const BREAKER_KEYS: &[&str] = &["consecutive_failures", "backoff_ms", "max_backoff_ms"];
 const RECORDS_KEYS: &[&str] = &["max_queued", "max_queued_bytes", "max_in_flight"];
 const BACKEND_KEYS: &[&str] = &[
     "cluster",
@@ -797,6 +808,14 @@ impl Config {
         if let Some(r) = top.get("records") {
             read_records(&Obj::new("records", r, RECORDS_KEYS)?, &mut c.records)?;
         }
+        match top.get("breaker") {
+            None => {}
+            Some(Value::Bool(false)) => c.breaker.consecutive_failures = 0,
+            Some(b @ Value::Object(_)) => {
+                read_breaker(&Obj::new("breaker", b, BREAKER_KEYS)?, &mut c.breaker)?;
+            }
+            Some(v) => return Err(top.expected("breaker", "an object or false", v)),
+        }
         Ok(c)
     }
 }
@@ -848,6 +867,35 @@ fn read_backend(b: &Obj<'_>, out: &mut Backend) -> Result<(), ConfigError> {
             }
             *slot = n;
         }
+    }
+    Ok(())
+}
+
+fn read_breaker(b: &Obj<'_>, out: &mut BreakerConfig) -> Result<(), ConfigError> {
+    if let Some(n) = b.uint(
+        "consecutive_failures",
+        "a number of faults (0 turns the breaker off)",
+        1_000_000,
+    )? {
+        out.consecutive_failures = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    let ms = "a duration in milliseconds (a positive integer)";
+    for (key, slot) in [
+        ("backoff_ms", &mut out.backoff_ms),
+        ("max_backoff_ms", &mut out.max_backoff_ms),
+    ] {
+        if let Some(n) = b.uint(key, ms, 3_600_000)? {
+            if n == 0 {
+                return Err(b.err(key, "must be at least 1 ms"));
+            }
+            *slot = n;
+        }
+    }
+    if out.max_backoff_ms < out.backoff_ms {
+        return Err(b.err(
+            "max_backoff_ms",
+            format!("must be at least backoff_ms ({})", out.backoff_ms),
+        ));
     }
     Ok(())
 }

@@ -27,6 +27,7 @@
 //! assert!(d.effects.lookup.is_some());
 //! ```
 #![forbid(unsafe_code)]
+pub mod breaker;
 pub mod codec;
 pub mod config;
 pub mod encoding;

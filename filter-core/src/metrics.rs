@@ -32,6 +32,8 @@ pub enum Bypass {
     NoSession,
     /// `mode: propagate_only`: the session was carried on, nothing looked up or recorded.
     PropagateOnly,
+    /// The lookups' circuit breaker is open: straight upstream, no backend call.
+    BreakerOpen,
 }
 
 /// Why a lookup failed (each fails open unless `on_backend_error: fail`).
@@ -104,6 +106,9 @@ counters! {
     BypassStatus => "bypass_status", "Responses not recorded: status not recordable.";
     BypassNoSession => "bypass_no_session", "Requests passed through without a backend call: no session (require_session).";
     BypassPropagateOnly => "bypass_propagate_only", "Requests passed through by mode propagate_only.";
+    BypassBreakerOpen => "bypass_breaker_open", "Requests sent upstream without a lookup: the lookups' circuit breaker was open.";
+    LookupBreakerOpened => "lookup_breaker_opened", "Times the lookups' circuit breaker opened (consecutive lookup faults).";
+    RecordBreakerOpened => "record_breaker_opened", "Times the records' circuit breaker opened (consecutive failed records).";
     BytesBuffered => "bytes_buffered", "Body bytes buffered by the filter.";
 }
 
@@ -123,6 +128,7 @@ impl From<Bypass> for Counter {
             Bypass::Status => Counter::BypassStatus,
             Bypass::NoSession => Counter::BypassNoSession,
             Bypass::PropagateOnly => Counter::BypassPropagateOnly,
+            Bypass::BreakerOpen => Counter::BypassBreakerOpen,
         }
     }
 }

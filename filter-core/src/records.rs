@@ -11,13 +11,16 @@
 //!   Envoy's pending-request queue.
 //! - Every record ends counted once: `records_sent` (2xx), `record_failures` (any other answer,
 //!   or none) or `records_dropped`.
+//! - A circuit breaker ([`crate::breaker`]): after `breaker.consecutive_failures` failed records
+//!   in a row, new records are dropped (`records_dropped`) until a probe record gets through.
 //!
 //! The queue is shared by every stream of one engine and is safe to use from any thread.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::engine::{Callout, RecordResult};
+use crate::breaker::{Admission, Breaker};
+use crate::engine::{Callout, Clock, RecordResult};
 use crate::metrics::{Counter, Metrics};
 
 /// The queue's limits (config `records`).
@@ -59,7 +62,9 @@ struct Inner {
 /// The record queue of one engine.
 pub struct RecordQueue {
     limits: RecordLimits,
+    breaker: Breaker,
     metrics: Arc<dyn Metrics>,
+    clock: Clock,
     inner: Mutex<Inner>,
 }
 
@@ -72,12 +77,23 @@ impl std::fmt::Debug for RecordQueue {
 }
 
 impl RecordQueue {
-    pub fn new(limits: RecordLimits, metrics: Arc<dyn Metrics>) -> RecordQueue {
+    pub(crate) fn new(
+        limits: RecordLimits,
+        breaker: Breaker,
+        metrics: Arc<dyn Metrics>,
+        clock: Clock,
+    ) -> RecordQueue {
         RecordQueue {
             limits,
+            breaker,
             metrics,
+            clock,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        (self.clock)() / 1_000_000
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -90,8 +106,13 @@ impl RecordQueue {
         self.limits
     }
 
-    /// Offers a record; false when it was dropped (counted) because the queue is full.
+    /// Offers a record; false when it was dropped (counted) because the queue is full or the
+    /// breaker is open.
     pub fn push(&self, callout: Callout) -> bool {
+        if self.breaker.admit(self.now_ms()) == Admission::Reject {
+            self.metrics.add(Counter::RecordsDropped, 1);
+            return false;
+        }
         let size = callout.body.len();
         let mut q = self.lock();
         if q.queue.len() >= self.limits.max_queued
@@ -128,16 +149,23 @@ impl RecordQueue {
             q.in_flight.retain(|t| *t != ticket);
             q.in_flight.len() != before
         };
-        if known {
-            self.metrics.add(
-                match result {
-                    RecordResult::Status(s) if (200..300).contains(&s) => Counter::RecordsSent,
-                    RecordResult::Dropped => Counter::RecordsDropped,
-                    _ => Counter::RecordFailures,
-                },
-                1,
-            );
+        if !known {
+            return;
         }
+        let counter = match result {
+            RecordResult::Status(s) if (200..300).contains(&s) => {
+                self.breaker.success();
+                Counter::RecordsSent
+            }
+            RecordResult::Dropped => Counter::RecordsDropped,
+            _ => {
+                if self.breaker.failure(self.now_ms()) {
+                    self.metrics.add(Counter::RecordBreakerOpened, 1);
+                }
+                Counter::RecordFailures
+            }
+        };
+        self.metrics.add(counter, 1);
     }
 
     /// Records waiting.
@@ -181,7 +209,15 @@ mod tests {
             max_queued_bytes,
             max_in_flight,
         };
-        (RecordQueue::new(limits, counters.clone()), counters)
+        let breaker = Breaker::new(crate::breaker::BreakerConfig {
+            consecutive_failures: 0,
+            ..Default::default()
+        });
+        let clock: Clock = Arc::new(|| 0);
+        (
+            RecordQueue::new(limits, breaker, counters.clone(), clock),
+            counters,
+        )
     }
 
     #[test]
@@ -220,5 +256,47 @@ mod tests {
         q.finish(c.ticket, RecordResult::Failed);
         assert_eq!(counters.get(Counter::RecordFailures), 2);
         assert_eq!((q.queued(), q.in_flight(), q.queued_bytes()), (0, 0, 0));
+    }
+}
+
+#[cfg(test)]
+mod breaker_tests {
+    use super::*;
+    use crate::breaker::BreakerConfig;
+    use crate::metrics::AtomicCounters;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[test]
+    fn failed_records_open_the_breaker_and_a_probe_closes_it() {
+        let counters = Arc::new(AtomicCounters::default());
+        let now = Arc::new(AtomicU64::new(0));
+        let t = now.clone();
+        let clock: Clock = Arc::new(move || t.load(Ordering::Relaxed) * 1_000_000);
+        let breaker = Breaker::new(BreakerConfig {
+            consecutive_failures: 2,
+            backoff_ms: 100,
+            max_backoff_ms: 1000,
+        });
+        let q = RecordQueue::new(RecordLimits::default(), breaker, counters.clone(), clock);
+        let record = || Callout {
+            cluster: "c".into(),
+            headers: Vec::new(),
+            body: vec![1],
+            timeout_ms: 1,
+        };
+        for _ in 0..2 {
+            assert!(q.push(record()));
+            let out = q.next().unwrap();
+            q.finish(out.ticket, RecordResult::Failed);
+        }
+        assert_eq!(counters.get(Counter::RecordBreakerOpened), 1);
+        assert!(!q.push(record()), "open: dropped at once");
+        assert_eq!(counters.get(Counter::RecordsDropped), 1);
+        now.store(100, Ordering::Relaxed);
+        assert!(q.push(record()), "the probe");
+        assert!(!q.push(record()), "one probe at a time");
+        let out = q.next().unwrap();
+        q.finish(out.ticket, RecordResult::Status(200));
+        assert!(q.push(record()), "closed again");
     }
 }

@@ -84,7 +84,8 @@ impl Rig {
         };
         let yaml =
             tokio::task::spawn_blocking(move || shape.envoy_yaml(&layout).map(edit)).await??;
-        let envoy = Envoy::start(&yaml).await?;
+        let env = tokio::task::spawn_blocking(move || shape.envoy_env()).await??;
+        let envoy = Envoy::start_with_env(&yaml, &[], &env).await?;
         Ok(Rig {
             envoy,
             up,
@@ -541,4 +542,77 @@ async fn verdict_header_false_writes_no_header() {
 /// `filter_wasm::HOLD_MARGIN_MS` (the plugin is a cdylib, so it is not a dependency here).
 fn filter_wasm_margin_ms() -> u64 {
     1000
+}
+
+/// A backend that black-holes lookups costs the lookup timeout five times, then the breaker opens
+/// and requests go straight upstream (no wait, counted); after the back-off one probe goes, and
+/// once the backend answers again the lookups come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_backend_opens_the_breaker_and_a_probe_closes_it() {
+    let config = with(json!({
+        "backend": {"lookup_timeout_ms": 200},
+        "breaker": {"consecutive_failures": 3, "backoff_ms": 600, "max_backoff_ms": 600}
+    }));
+    for shape in [
+        Shape::Wasm {
+            hold_headers: false,
+        },
+        Shape::Native { hold_headers: true },
+    ] {
+        let ctx = shape.name();
+        let rig = Rig::start(shape, std::slice::from_ref(&config))
+            .await
+            .unwrap();
+        rig.backend.set_inject(&Behaviour::Timeout).await.unwrap();
+        let get = || RawRequest::new("GET", "/breaker");
+        let mut slow = 0;
+        for _ in 0..3 {
+            let started = Instant::now();
+            assert_eq!(
+                raw::send(rig.site(0), &get(), T).await.unwrap().status,
+                200,
+                "{ctx}"
+            );
+            if started.elapsed() >= Duration::from_millis(190) {
+                slow += 1;
+            }
+        }
+        assert_eq!(slow, 3, "{ctx}: each lookup waited for its timeout");
+        for _ in 0..3 {
+            let started = Instant::now();
+            assert_eq!(
+                raw::send(rig.site(0), &get(), T).await.unwrap().status,
+                200,
+                "{ctx}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_millis(150),
+                "{ctx}: open breaker, no lookup: {:?}",
+                started.elapsed()
+            );
+        }
+        let c = shape.counters(&rig.envoy.stats().await.unwrap());
+        let n =
+            |c: &std::collections::BTreeMap<String, u64>, k: &str| c.get(k).copied().unwrap_or(0);
+        assert_eq!(n(&c, "lookup_breaker_opened"), 1, "{ctx}: {c:?}");
+        assert_eq!(n(&c, "bypass_breaker_open"), 3, "{ctx}: {c:?}");
+        assert_eq!(n(&c, "lookups"), 3, "{ctx}: {c:?}");
+        // The backend is back; after the back-off a probe closes the breaker.
+        rig.backend.set_inject(&Behaviour::Miss).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(650)).await;
+        for _ in 0..2 {
+            assert_eq!(
+                raw::send(rig.site(0), &get(), T).await.unwrap().status,
+                200,
+                "{ctx}"
+            );
+        }
+        let c = shape.counters(&rig.envoy.stats().await.unwrap());
+        assert_eq!(
+            n(&c, "lookups"),
+            5,
+            "{ctx}: the probe and the next lookup: {c:?}"
+        );
+        assert_eq!(n(&c, "misses"), 2, "{ctx}: {c:?}");
+    }
 }

@@ -252,3 +252,35 @@ fn null_means_default() {
     assert_eq!(c.service_name, None);
     assert_eq!(c.backend.api_key, None);
 }
+
+#[test]
+fn the_breaker_is_on_by_default_and_can_be_tuned_or_turned_off() {
+    let c = Config::from_json(b"{}").unwrap();
+    assert_eq!(c.breaker().consecutive_failures, 5);
+    let c = Config::from_json(br#"{"breaker": false}"#).unwrap();
+    assert_eq!(c.breaker().consecutive_failures, 0);
+    let c = Config::from_json(
+        br#"{"breaker": {"consecutive_failures": 2, "backoff_ms": 10, "max_backoff_ms": 20}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            c.breaker().consecutive_failures,
+            c.breaker().backoff_ms,
+            c.breaker().max_backoff_ms
+        ),
+        (2, 10, 20)
+    );
+    assert_eq!(
+        err(r#"{"breaker": {"backoff_ms": 0}}"#).key,
+        "breaker.backoff_ms"
+    );
+    let e = err(r#"{"breaker": {"backoff_ms": 100, "max_backoff_ms": 10}}"#);
+    assert!(e.message.contains("at least backoff_ms"), "{e}");
+    assert!(err(r#"{"breaker": true}"#)
+        .message
+        .contains("an object or false"));
+    assert!(err(r#"{"breaker": {"failures": 1}}"#)
+        .message
+        .contains("consecutive_failures"));
+}

@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::breaker::{Admission, Breaker};
 use crate::codec::{self, Format, RequestView, ResponseView, SpanIds, SpanMeta};
 use crate::config::{Config, Mode, OnBackendError, OnErrorAnswer, RequestMode, SessionSource};
 use crate::http::{self, Header, Response};
@@ -131,10 +132,16 @@ pub enum RecordResult {
 pub struct Engine {
     config: Config,
     service_name: String,
-    services: Services,
+    metrics: Arc<dyn Metrics>,
+    clock: Clock,
     ids: AtomicU64,
     records: RecordQueue,
+    /// The lookups' circuit breaker ([`crate::breaker`]).
+    lookups: Breaker,
 }
+
+/// Wall-clock nanoseconds, shared with the record queue.
+pub(crate) type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,12 +160,20 @@ impl Engine {
             .or_else(|| node.workload_name.clone().filter(|s| !s.is_empty()))
             .or_else(|| node.name.clone().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| "unknown_service".to_string());
+        let clock: Clock = Arc::from(services.clock);
         Engine {
             ids: AtomicU64::new(services.seed),
-            records: RecordQueue::new(config.records, services.metrics.clone()),
+            records: RecordQueue::new(
+                config.records,
+                Breaker::new(config.breaker),
+                services.metrics.clone(),
+                clock.clone(),
+            ),
+            lookups: Breaker::new(config.breaker),
+            metrics: services.metrics,
+            clock,
             config,
             service_name,
-            services,
         }
     }
 
@@ -172,11 +187,11 @@ impl Engine {
     }
 
     fn count(&self, c: impl Into<Counter>) {
-        self.services.metrics.add(c.into(), 1);
+        self.metrics.add(c.into(), 1);
     }
 
     fn now(&self) -> u64 {
-        (self.services.clock)()
+        (self.clock)()
     }
 
     /// A fresh pseudo-random 64-bit value (SplitMix64 over the host's seed; never zero).
@@ -713,6 +728,9 @@ impl Stream {
         if self.config().require_session && self.session_id.is_none() {
             return self.bypass(Bypass::NoSession);
         }
+        if mode.looks_up() && self.engine.lookups.is_open(self.engine.now() / 1_000_000) {
+            return self.bypass(Bypass::BreakerOpen);
+        }
         let limit = self.config().max_request_body_bytes;
         if content_length(&headers).is_some_and(|n| n > limit as u64) {
             return self.bypass(Bypass::RequestTooLarge);
@@ -772,7 +790,6 @@ impl Stream {
         }
         self.body.extend_from_slice(chunk);
         self.engine
-            .services
             .metrics
             .add(Counter::BytesBuffered, chunk.len() as u64);
         match (self.state, end_of_stream) {
@@ -822,6 +839,11 @@ impl Stream {
     }
 
     fn lookup(&mut self) -> Step {
+        // Past the back-off one lookup goes as the breaker's probe; the others keep going straight
+        // upstream until it answers.
+        if self.engine.lookups.admit(self.engine.now() / 1_000_000) == Admission::Reject {
+            return self.bypass(Bypass::BreakerOpen);
+        }
         self.state = State::AwaitingLookup;
         self.lookup_started_ms = self.engine.now() / 1_000_000;
         self.engine.count(Counter::Lookups);
@@ -881,6 +903,7 @@ impl Stream {
         }
         let failure = match result {
             LookupResult::Answer { status: 404, .. } => {
+                self.engine.lookups.success();
                 self.engine.count(Counter::Misses);
                 self.outcome = Outcome::Miss;
                 self.state = State::Upstream;
@@ -896,6 +919,7 @@ impl Stream {
                 &self.config().redactor,
             ) {
                 Ok(mut response) => {
+                    self.engine.lookups.success();
                     self.engine.count(Counter::Hits);
                     self.outcome = Outcome::Hit;
                     self.state = State::Done;
@@ -919,6 +943,7 @@ impl Stream {
                 if self.config().on_error_answer == OnErrorAnswer::Serve
                     && self.session_id.is_some()
                 {
+                    self.engine.lookups.success();
                     return self.serve_error_answer(status, content_type, body);
                 }
                 LookupFailure::ErrorAnswer
@@ -927,6 +952,16 @@ impl Stream {
             LookupResult::Failed(f) => f,
         };
         self.engine.count(failure);
+        // The backend's own well-formed answers say it is there; faults count towards the
+        // breaker.
+        if matches!(
+            failure,
+            LookupFailure::Rejected | LookupFailure::ErrorAnswer
+        ) {
+            self.engine.lookups.success();
+        } else if self.engine.lookups.failure(self.engine.now() / 1_000_000) {
+            self.engine.count(Counter::LookupBreakerOpened);
+        }
         self.outcome = Outcome::Error(failure);
         self.state = State::Done;
         self.body = Vec::new();
@@ -1010,7 +1045,6 @@ impl Stream {
         }
         self.response_body.extend_from_slice(chunk);
         self.engine
-            .services
             .metrics
             .add(Counter::BytesBuffered, chunk.len() as u64);
         if end_of_stream {

@@ -744,3 +744,31 @@ fn local_replies_say_why() {
         "transparent_cache_backend_error"
     );
 }
+
+#[test]
+fn consecutive_lookup_faults_open_the_breaker_for_every_stream_of_the_engine() {
+    let (engine, counters) =
+        engine_with(r#"{"breaker": {"consecutive_failures": 2, "backoff_ms": 1000}}"#);
+    for _ in 0..2 {
+        let mut s = Stream::new(engine.clone());
+        assert!(s
+            .on_request_headers(request("GET", "/x", &[]), true)
+            .effects
+            .lookup
+            .is_some());
+        s.on_lookup_result(LookupResult::Failed(LookupFailure::Timeout));
+    }
+    assert_eq!(counters.get(Counter::LookupBreakerOpened), 1);
+    let mut s = Stream::new(engine.clone());
+    let d = s.on_request_headers(request("GET", "/x", &[]), true);
+    assert_bypass(&s, &d, Bypass::BreakerOpen);
+    assert_eq!(counters.get(Counter::Lookups), 2);
+    // A miss (the backend answering) is no fault.
+    let (engine, counters) = engine_with(r#"{"breaker": {"consecutive_failures": 2}}"#);
+    for _ in 0..5 {
+        let mut s = Stream::new(engine.clone());
+        s.on_request_headers(request("GET", "/x", &[]), true);
+        s.on_lookup_result(MISS);
+    }
+    assert_eq!(counters.get(Counter::LookupBreakerOpened), 0);
+}
