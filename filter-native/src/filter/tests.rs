@@ -298,11 +298,13 @@ fn a_hit_is_served_locally_and_nothing_goes_upstream() {
 
 #[test]
 fn a_hit_without_body_keeps_its_content_type() {
+    // A recording with an empty body: sent as headers only (Envoy's local reply would drop the
+    // content type of an empty body).
     let (_envoy, c) = config(BASE);
-    let mut s = request("HEAD", "/items", &[]);
+    let mut s = request("GET", "/items", &[]);
     let mut f = filter(&c, &mut s);
     f.on_request_headers(&mut s, true);
-    let ans = answer(200, b"dropped for HEAD");
+    let ans = answer(200, b"");
     let mut h = status_headers("200");
     h.push((b"content-type", b"application/x-protobuf"));
     f.on_http_callout_done(&mut s, 101, CalloutResult::Success, &h, &[&ans]);
@@ -312,6 +314,20 @@ fn a_hit_without_body_keeps_its_content_type() {
     assert!(headers
         .iter()
         .any(|(n, v)| n == b"content-type" && v == b"text/plain"));
+}
+
+#[test]
+fn a_hit_to_head_hands_envoy_the_recorded_body() {
+    // Envoy sends a local reply to HEAD as headers only, with the body's length and type.
+    let (_envoy, c) = config(BASE);
+    let mut s = request("HEAD", "/items", &[]);
+    let mut f = filter(&c, &mut s);
+    f.on_request_headers(&mut s, true);
+    let ans = answer(200, b"the GET body");
+    let mut h = status_headers("200");
+    h.push((b"content-type", b"application/x-protobuf"));
+    f.on_http_callout_done(&mut s, 101, CalloutResult::Success, &h, &[&ans]);
+    assert_eq!(s.sent[0].2, b"the GET body");
 }
 
 #[test]
