@@ -28,7 +28,11 @@ fn base() -> Json {
             "lookup_timeout_ms": 300,
             "record_timeout_ms": 2000
         },
-        "service_name": "e2e-app"
+        "service_name": "e2e-app",
+        // Off: these tests send faults on purpose, and Envoy shares one plugin instance (one
+        // engine, one breaker) among listeners with the same configuration. The breaker has its
+        // own test below.
+        "breaker": false
     })
 }
 
