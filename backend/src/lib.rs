@@ -19,6 +19,7 @@ pub mod recording;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod writer;
 
 use std::io::{Read as _, Write as _};
 

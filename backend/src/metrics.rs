@@ -63,6 +63,13 @@ impl Metrics {
         );
         metric(
             &mut out,
+            "backend_commits_total",
+            "counter",
+            "Durable commits of recordings (each holds every recording that arrived meanwhile).",
+            stats.commits,
+        );
+        metric(
+            &mut out,
             "backend_recorded_total",
             "counter",
             "Extract spans stored.",
@@ -126,9 +133,11 @@ mod tests {
             recordings: 3,
             bytes: 10,
             file_bytes: 0,
+            commits: 4,
         });
         assert!(text.contains("\nbackend_hits_total 2\n"));
         assert!(text.contains("\nbackend_recordings 3\n"));
+        assert!(text.contains("\nbackend_commits_total 4\n"));
         assert!(text.contains("# TYPE backend_store_bytes gauge\n"));
     }
 }

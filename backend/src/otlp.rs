@@ -110,7 +110,7 @@ async fn record(
         return Ok(());
     }
     let count = recordings.len() as u64;
-    let inserted = state.blocking(move |s| s.insert(recordings)).await?;
+    let inserted = state.record(recordings).await?;
     add(&state.metrics.recorded, count);
     add(&state.metrics.evicted, inserted.evicted);
     tracing::debug!(ids = ?inserted.ids, evicted = inserted.evicted, "recorded");

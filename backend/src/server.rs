@@ -17,6 +17,10 @@ use crate::metrics::Metrics;
 use crate::otlp;
 use crate::state::AppState;
 
+/// How long a group commit waits for more recordings after the first (bounded: a record's 200
+/// waits at most this plus the commit).
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Every route.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -81,8 +85,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let store = Arc::new(store);
+    let writer = crate::writer::Writer::start(store.clone(), COMMIT_WAIT)
+        .map_err(|e| anyhow::anyhow!("cannot start the writer thread: {e}"))?;
     let state = AppState {
-        store: Arc::new(store),
+        writer,
+        store,
         metrics: Arc::new(Metrics::default()),
         max_body_bytes: args.max_body_bytes,
         max_import_bytes: usize::try_from(args.store.max_store_bytes.saturating_mul(2))

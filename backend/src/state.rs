@@ -14,6 +14,8 @@ use crate::store::{Store, StoreError};
 pub struct AppState {
     /// The recording store.
     pub store: Arc<Store>,
+    /// The group-commit writer of `/v1/traces` ([`crate::writer`]).
+    pub writer: crate::writer::Writer,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Largest accepted body on the OTLP endpoints.
@@ -37,6 +39,20 @@ impl AppState {
             }
             Ok(Err(e)) => Err(ApiError::internal(e)),
             Err(e) => Err(ApiError::internal(format!("store task failed: {e}"))),
+        }
+    }
+
+    /// Stores recordings through the group-commit writer; errors as [`AppState::blocking`].
+    pub async fn record(
+        &self,
+        recordings: Vec<crate::recording::Recording>,
+    ) -> Result<crate::store::Inserted, ApiError> {
+        match self.writer.insert(recordings).await {
+            Ok(v) => Ok(v),
+            Err(e @ StoreError::TooLarge { .. }) => {
+                Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
+            }
+            Err(e) => Err(ApiError::internal(e)),
         }
     }
 

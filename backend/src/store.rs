@@ -50,6 +50,9 @@ pub enum StoreError {
         /// The decoding error.
         message: String,
     },
+    /// The commit a batch was part of failed (group commit: every batch of it gets this).
+    #[error("store error: {0}")]
+    Commit(String),
     /// One recording is larger than the whole store may be.
     #[error("recording of {size} bytes is larger than the store cap of {max} bytes")]
     TooLarge {
@@ -87,6 +90,8 @@ pub struct Stats {
     pub bytes: u64,
     /// Size of the database file.
     pub file_bytes: u64,
+    /// Durable commits of recordings since the start (group commit: many recordings each).
+    pub commits: u64,
 }
 
 /// What an insert did.
@@ -104,6 +109,8 @@ pub struct Store {
     path: PathBuf,
     key: MatchKeyConfig,
     max_bytes: u64,
+    /// Durable commits of recordings made so far (metrics).
+    commits: std::sync::atomic::AtomicU64,
 }
 
 fn fingerprint(config: &MatchKeyConfig) -> String {
@@ -138,6 +145,7 @@ impl Store {
             path,
             key,
             max_bytes,
+            commits: std::sync::atomic::AtomicU64::new(0),
         };
         store.prepare()?;
         Ok(store)
@@ -187,7 +195,25 @@ impl Store {
     /// Stores recordings in one durable transaction (ids are assigned here), then evicts the
     /// oldest recordings while the store is over its cap.
     pub fn insert(&self, recordings: Vec<Recording>) -> Result<Inserted, StoreError> {
-        let mut out = Inserted::default();
+        self.insert_groups(vec![recordings])?
+            .pop()
+            .unwrap_or_else(|| Ok(Inserted::default()))
+    }
+
+    /// Durable commits of recordings made so far.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Group commit: stores several independent groups of recordings in **one** durable
+    /// transaction, each with its own ids and result (a group holding a recording larger than
+    /// the cap is refused alone), then evicts the oldest while the store is over its cap (the
+    /// evictions are reported on the last group). `Err` when the transaction itself failed.
+    pub fn insert_groups(
+        &self,
+        groups: Vec<Vec<Recording>>,
+    ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
+        let mut results: Vec<Result<Inserted, StoreError>> = Vec::with_capacity(groups.len());
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(RECORDINGS)?;
@@ -195,28 +221,44 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut next_id = meta.get(NEXT_ID)?.map_or(1, |v| v.value());
             let mut bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
-            for mut rec in recordings {
-                rec.id = next_id;
-                let value = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt {
-                    id: next_id,
-                    message: e.to_string(),
-                })?;
-                let size = value.len() as u64;
-                if size > self.max_bytes {
-                    return Err(StoreError::TooLarge {
-                        size,
-                        max: self.max_bytes,
-                    });
+            for group in groups {
+                // Serialize the whole group first: a refused group leaves nothing behind.
+                let mut encoded = Vec::with_capacity(group.len());
+                let mut refused = None;
+                for (i, mut rec) in group.into_iter().enumerate() {
+                    rec.id = next_id.saturating_add(i as u64);
+                    let value = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt {
+                        id: rec.id,
+                        message: e.to_string(),
+                    })?;
+                    let size = value.len() as u64;
+                    if size > self.max_bytes {
+                        refused = Some(StoreError::TooLarge {
+                            size,
+                            max: self.max_bytes,
+                        });
+                        break;
+                    }
+                    encoded.push((rec, value));
                 }
-                table.insert(next_id, value.as_slice())?;
-                index.insert(
-                    rec.key(&self.key).as_slice(),
-                    (rec.recorded_at_unix_nanos, next_id),
-                )?;
-                bytes = bytes.saturating_add(size);
-                out.ids.push(next_id);
-                next_id = next_id.saturating_add(1);
+                if let Some(e) = refused {
+                    results.push(Err(e));
+                    continue;
+                }
+                let mut out = Inserted::default();
+                for (rec, value) in encoded {
+                    table.insert(rec.id, value.as_slice())?;
+                    index.insert(
+                        rec.key(&self.key).as_slice(),
+                        (rec.recorded_at_unix_nanos, rec.id),
+                    )?;
+                    bytes = bytes.saturating_add(value.len() as u64);
+                    out.ids.push(rec.id);
+                    next_id = rec.id.saturating_add(1);
+                }
+                results.push(Ok(out));
             }
+            let mut evicted = 0;
             while bytes > self.max_bytes {
                 let Some((id, value)) = table.pop_first()? else {
                     bytes = 0;
@@ -230,13 +272,18 @@ impl Store {
                         (rec.recorded_at_unix_nanos, id),
                     )?;
                 }
-                out.evicted += 1;
+                evicted += 1;
+            }
+            if let Some(Ok(last)) = results.iter_mut().rev().find(|r| r.is_ok()) {
+                last.evicted = evicted;
             }
             meta.insert(NEXT_ID, next_id)?;
             meta.insert(BYTES, bytes)?;
         }
         txn.commit()?;
-        Ok(out)
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(results)
     }
 
     /// The newest recording with this key.
@@ -333,6 +380,7 @@ impl Store {
             recordings,
             bytes,
             file_bytes,
+            commits: self.commits(),
         })
     }
 }
@@ -341,6 +389,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::recording::{Payload, RecordedRequest, RecordedResponse};
+    use std::sync::Arc;
 
     fn rec(path: &str, at: u64, body: &str) -> Recording {
         Recording {
@@ -409,5 +458,56 @@ mod tests {
         let store = Store::open(dir.path(), config, 1 << 20).unwrap();
         let key = rec("/a?ts=99", 0, "").key(store.key_config());
         assert!(store.lookup(&key).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_group_commit_gives_each_group_its_ids_and_refuses_an_oversized_group_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), MatchKeyConfig::default(), 4096).unwrap();
+        let big = "x".repeat(5000);
+        let results = store
+            .insert_groups(vec![
+                vec![rec("/a", 1, "a"), rec("/b", 2, "b")],
+                vec![rec("/big", 3, &big)],
+                vec![rec("/c", 4, "c")],
+            ])
+            .unwrap();
+        assert_eq!(results[0].as_ref().unwrap().ids, vec![1, 2]);
+        assert!(matches!(results[1], Err(StoreError::TooLarge { .. })));
+        assert_eq!(results[2].as_ref().unwrap().ids, vec![3]);
+        assert_eq!(store.commits(), 1, "one durable commit for all three");
+        assert_eq!(store.stats().unwrap().recordings, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_records_share_commits_and_each_gets_its_own_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), MatchKeyConfig::default(), 1 << 30).unwrap());
+        let writer =
+            crate::writer::Writer::start(store.clone(), std::time::Duration::from_millis(5))
+                .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200u64 {
+            let w = writer.clone();
+            tasks.push(tokio::spawn(async move {
+                w.insert(vec![rec(&format!("/r{i}"), i, "x")]).await
+            }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.extend(t.await.unwrap().unwrap().ids);
+        }
+        ids.sort_unstable();
+        assert_eq!(
+            ids,
+            (1..=200).collect::<Vec<u64>>(),
+            "every record stored once"
+        );
+        assert_eq!(store.stats().unwrap().recordings, 200);
+        assert!(
+            store.commits() < 200,
+            "{} commits for 200 records",
+            store.commits()
+        );
     }
 }
