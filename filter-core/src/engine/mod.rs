@@ -9,14 +9,20 @@ use std::sync::Arc;
 
 use crate::breaker::{Admission, Breaker};
 use crate::codec::{self, Format, RequestView, ResponseView, SpanIds, SpanMeta};
-use crate::config::{Config, Mode, OnBackendError, OnErrorAnswer, RequestMode, SessionSource};
+use crate::config::{Config, Mode, OnBackendError, OnErrorAnswer, RequestMode};
 use crate::http::{self, Header, Response};
 use crate::metrics::{Bypass, Counter, LookupFailure, Metrics};
 use crate::records::RecordQueue;
 use crate::trace;
 
+mod answer;
+mod callout;
 mod decision;
+mod session;
+pub use answer::{is_error_answer, LookupReply, LookupResult, TIMEOUT_SLACK_MS};
+pub use callout::{Callout, RecordResult};
 pub use decision::{Decision, Effects, Flow, LocalReply};
+use session::session_of;
 
 /// Facts about the proxy the filter runs in, read by the host from Envoy's node metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,35 +45,6 @@ pub struct Services {
     pub seed: u64,
 }
 
-/// An HTTP call the host makes to the backend cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Callout {
-    /// Envoy cluster name.
-    pub cluster: String,
-    /// Request headers, pseudo-headers (`:method`, `:path`, `:authority`) first.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    pub timeout_ms: u64,
-}
-
-impl Callout {
-    /// The headers as `(name, value)` string pairs, as the hosts' callout APIs take them.
-    pub fn header_pairs(&self) -> Vec<(&str, &str)> {
-        self.headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect()
-    }
-
-    /// A header of the callout by name (`:path`, `:authority`, ...).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 /// What the state machine decided for one event, before it is turned into the host's
 /// [`Decision`] (flow and effects) by [`Stream::decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,45 +65,9 @@ enum Step {
     PassThrough(Bypass),
 }
 
-/// How a lookup callout ended.
-#[derive(Debug, Clone, Copy)]
-pub enum LookupResult<'a> {
-    /// The backend answered.
-    Answer {
-        status: u16,
-        content_type: Option<&'a [u8]>,
-        body: &'a [u8],
-    },
-    /// No answer (timeout or transport failure).
-    Failed(LookupFailure),
-}
-
-/// What came back for a lookup callout, as the host got it: the raw `:status` value (none when
-/// the host delivered no response headers), the `content-type` and the body. The engine tells a
-/// backend answer from Envoy's own local replies ([`Stream::on_lookup_reply`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LookupReply<'a> {
-    pub status: Option<&'a [u8]>,
-    pub content_type: Option<&'a [u8]>,
-    pub body: &'a [u8],
-}
-
 /// How long past the lookup timeout a request may stay held without progress before
 /// [`Stream::on_timer`] releases it (the host's timer fires at [`Effects::hold_deadline_ms`]).
 pub const HOLD_MARGIN_MS: u64 = 1000;
-
-/// How close to its timeout a lookup that ended without a backend answer counts as timed out
-/// (the host's clock and Envoy's timer are not exact).
-pub const TIMEOUT_SLACK_MS: u64 = 50;
-
-/// How a record callout ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordResult {
-    Status(u16),
-    Failed,
-    /// The host had to drop it (e.g. its queue was full).
-    Dropped,
-}
 
 /// The engine for one filter configuration.
 pub struct Engine {
@@ -227,36 +168,6 @@ impl Engine {
     pub fn records(&self) -> &RecordQueue {
         &self.records
     }
-
-    fn callout(&self, path: &str, accept: bool, body: Vec<u8>, timeout_ms: u64) -> Callout {
-        let b = &self.config.backend;
-        let mut headers = vec![
-            (":method".to_string(), "POST".to_string()),
-            (":path".to_string(), path.to_string()),
-            (":authority".to_string(), b.authority.clone()),
-            (
-                "content-type".to_string(),
-                "application/x-protobuf".to_string(),
-            ),
-        ];
-        if accept {
-            headers.push(("accept".to_string(), "application/x-protobuf".to_string()));
-        }
-        if let Some(key) = &b.api_key {
-            let value = if b.auth_header == "authorization" {
-                format!("Bearer {key}")
-            } else {
-                key.clone()
-            };
-            headers.push((b.auth_header.clone(), value));
-        }
-        Callout {
-            cluster: b.cluster.clone(),
-            headers,
-            body,
-            timeout_ms,
-        }
-    }
 }
 
 /// Which kind of event a step answers (see [`Stream::decide`]).
@@ -343,37 +254,6 @@ fn pseudo_or<'a>(headers: &'a [Header], pseudo: &str, fallback: &str) -> &'a [u8
     http::header(headers, pseudo)
         .or_else(|| http::header(headers, fallback))
         .unwrap_or_default()
-}
-
-/// The session id from the first source that has one.
-fn session_of(sources: &[SessionSource], headers: &[Header]) -> Option<Vec<u8>> {
-    sources.iter().find_map(|source| match source {
-        SessionSource::Header(name) => http::header(headers, name)
-            .map(<[u8]>::trim_ascii)
-            .filter(|v| !v.is_empty())
-            .map(<[u8]>::to_vec),
-        SessionSource::Tracestate(key) => trace::tracestate_entry(headers, key),
-    })
-}
-
-/// A deliberate error answer of the backend, as the Softprobe runtime gives one (an `error`
-/// rule, or the strict policy): an error status that is not about the call itself (not 404, a
-/// miss; not 401/403/407, a key problem), and a JSON object with an `error` member as the body.
-/// Envoy's own local replies (503/504 when the backend can't be reached) are plain text, so they
-/// stay faults, as do garbage and empty bodies.
-pub fn is_error_answer(status: u16, content_type: Option<&[u8]>, body: &[u8]) -> bool {
-    if !(400..=599).contains(&status) || matches!(status, 401 | 403 | 404 | 407) {
-        return false;
-    }
-    let json_type = content_type.is_none_or(|ct| {
-        let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
-        let media = ct.split(';').next().unwrap_or_default().trim().to_string();
-        media == "application/json" || media.ends_with("+json")
-    });
-    json_type
-        && serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .is_some_and(|v| v.get("error").is_some())
 }
 
 fn content_length(headers: &[Header]) -> Option<u64> {
@@ -673,29 +553,6 @@ impl Stream {
         self.decide(step, EventKind::Response)
     }
 
-    /// Prepares the `tracestate` edit that carries this request's session on (config
-    /// `propagate_session`); true when one was made.
-    fn propagate(&mut self, headers: &[Header]) -> bool {
-        let (Some(session), true) = (&self.session_id, self.config().propagate_session) else {
-            return false;
-        };
-        let Some(key) = self.config().session_sources.iter().find_map(|s| match s {
-            SessionSource::Tracestate(k) => Some(k.as_str()),
-            SessionSource::Header(_) => None,
-        }) else {
-            return false;
-        };
-        let engine = &self.engine;
-        self.header_edits = trace::propagate(headers, key, session, || {
-            (engine.trace_id(), engine.span_id())
-        });
-        if self.header_edits.is_empty() {
-            return false;
-        }
-        self.engine.count(Counter::SessionsPropagated);
-        true
-    }
-
     /// The request headers arrived (pseudo-headers included, in order, values as bytes).
     fn on_request_headers_step(&mut self, headers: Vec<Header>, end_of_stream: bool) -> Step {
         if self.state != State::Start {
@@ -875,25 +732,7 @@ impl Stream {
         let elapsed = (self.engine.now() / 1_000_000).saturating_sub(self.lookup_started_ms);
         let timed_out =
             elapsed.saturating_add(TIMEOUT_SLACK_MS) >= self.config().backend.lookup_timeout_ms;
-        let result = match reply.map(|r| (r.status.and_then(http::parse_status), r)) {
-            None | Some((None, _)) if timed_out => LookupResult::Failed(LookupFailure::Timeout),
-            None | Some((None, _)) => LookupResult::Failed(LookupFailure::Transport),
-            Some((Some(504), r)) if timed_out && !is_error_answer(504, r.content_type, r.body) => {
-                LookupResult::Failed(LookupFailure::Timeout)
-            }
-            Some((Some(503), r))
-                if r.body.starts_with(b"upstream connect error")
-                    || r.body.starts_with(b"no healthy upstream") =>
-            {
-                LookupResult::Failed(LookupFailure::Transport)
-            }
-            Some((Some(status), r)) => LookupResult::Answer {
-                status,
-                content_type: r.content_type,
-                body: r.body,
-            },
-        };
-        self.on_lookup_result_step(result)
+        self.on_lookup_result_step(answer::classify(reply, timed_out))
     }
 
     /// The lookup callout ended, already classified (the sidecar's own client, tests).
