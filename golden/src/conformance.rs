@@ -287,3 +287,82 @@ pub fn check(host: &str, scenario: &Scenario, got: &[Vec<Call>]) -> Vec<String> 
     }
     errors
 }
+
+/// A host adapter over its mock host, driven by the scenarios: each method delivers one event
+/// and returns the calls the adapter made for it, in order (for a request event, ending with the
+/// callback's `Continue` or `Pause`; for a response event, with `Continue`).
+pub trait Driver {
+    /// Request headers, pseudo-headers first.
+    fn request_headers(
+        &mut self,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+        end_of_stream: bool,
+    ) -> Vec<Call>;
+    fn request_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<Call>;
+    /// The answer to the lookup the adapter dispatched last.
+    fn lookup_reply(&mut self, status: &str, content_type: Option<&str>, body: &[u8]) -> Vec<Call>;
+    /// Response headers, `:status` first.
+    fn response_headers(
+        &mut self,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+        end_of_stream: bool,
+    ) -> Vec<Call>;
+    fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<Call>;
+}
+
+fn pairs(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Replays every scenario through a fresh driver per scenario; every mismatch, empty when the
+/// host conforms.
+pub fn replay(host: &str, mut driver: impl FnMut(&Scenario) -> Box<dyn Driver>) -> Vec<String> {
+    let mut errors = Vec::new();
+    for sc in scenarios() {
+        let mut d = driver(&sc);
+        let got: Vec<Vec<Call>> = sc
+            .steps
+            .iter()
+            .map(|(event, _)| match event {
+                Event::RequestHeaders {
+                    method,
+                    path,
+                    headers,
+                    end_of_stream,
+                } => {
+                    let mut h = pairs(&[(":method", method), (":path", path)]);
+                    h.extend(pairs(&[(":authority", "api.example.com")]));
+                    h.extend(pairs(headers));
+                    d.request_headers(h, *end_of_stream)
+                }
+                Event::RequestBody {
+                    chunk,
+                    end_of_stream,
+                } => d.request_body(chunk, *end_of_stream),
+                Event::LookupReply {
+                    status,
+                    content_type,
+                    body,
+                } => d.lookup_reply(status, *content_type, body),
+                Event::ResponseHeaders {
+                    status,
+                    headers,
+                    end_of_stream,
+                } => {
+                    let mut h = vec![(b":status".to_vec(), status.to_string().into_bytes())];
+                    h.extend(pairs(headers));
+                    d.response_headers(h, *end_of_stream)
+                }
+                Event::ResponseBody {
+                    chunk,
+                    end_of_stream,
+                } => d.response_body(chunk, *end_of_stream),
+            })
+            .collect();
+        errors.extend(check(host, &sc, &got));
+    }
+    errors
+}

@@ -9,7 +9,7 @@ use filter_core::{Counter, Response};
 
 use super::*;
 use crate::sdk::{CalloutInitError, MetricsError};
-use golden::conformance::{self, Call, Event};
+use golden::conformance::{self, Call};
 
 #[derive(Default)]
 struct Counters {
@@ -655,87 +655,74 @@ fn strict_mode_serves_its_502_when_the_watchdog_fires() {
     assert_eq!(s.verdict(), Some("error:timeout"));
 }
 
+/// The module's filter over the mock stream.
+struct NativeDriver {
+    _config: CacheConfig,
+    filter: Box<dyn HttpFilter<MockStream>>,
+    stream: MockStream,
+}
+
+impl NativeDriver {
+    fn calls(&mut self, last: Option<Call>) -> Vec<Call> {
+        let mut calls = std::mem::take(&mut self.stream.calls);
+        calls.extend(last);
+        calls
+    }
+}
+
+fn paused(stop: bool) -> Option<Call> {
+    Some(if stop { Call::Pause } else { Call::Continue })
+}
+
+impl conformance::Driver for NativeDriver {
+    fn request_headers(&mut self, h: Vec<(Vec<u8>, Vec<u8>)>, eos: bool) -> Vec<Call> {
+        self.stream.request_headers = h;
+        let status = self.filter.on_request_headers(&mut self.stream, eos);
+        self.calls(paused(status != HeadersStatus::Continue))
+    }
+    fn request_body(&mut self, chunk: &[u8], eos: bool) -> Vec<Call> {
+        self.stream.frame = vec![chunk.to_vec()];
+        let status = self.filter.on_request_body(&mut self.stream, eos);
+        self.calls(paused(status != BodyStatus::Continue))
+    }
+    fn lookup_reply(&mut self, status: &str, content_type: Option<&str>, body: &[u8]) -> Vec<Call> {
+        let mut h: Vec<(&[u8], &[u8])> = vec![(b":status", status.as_bytes())];
+        if let Some(ct) = content_type {
+            h.push((b"content-type", ct.as_bytes()));
+        }
+        let id = 100 + self.stream.callouts.len() as u64;
+        let (f, s) = (&mut self.filter, &mut self.stream);
+        f.on_http_callout_done(s, id, CalloutResult::Success, &h, &[body]);
+        self.calls(None)
+    }
+    fn response_headers(&mut self, h: Vec<(Vec<u8>, Vec<u8>)>, eos: bool) -> Vec<Call> {
+        self.stream.response_headers = h;
+        self.filter.on_response_headers(&mut self.stream, eos);
+        self.calls(Some(Call::Continue))
+    }
+    fn response_body(&mut self, chunk: &[u8], eos: bool) -> Vec<Call> {
+        self.stream.frame = vec![chunk.to_vec()];
+        self.filter.on_response_body(&mut self.stream, eos);
+        self.calls(Some(Call::Continue))
+    }
+}
+
 /// The shared conformance scenarios (`golden::conformance`): the same host calls, in the same
 /// order, as every in-proxy host.
 #[test]
 fn conformance_with_every_in_proxy_host() {
-    let mut errors = Vec::new();
-    for sc in conformance::scenarios() {
+    let errors = conformance::replay("native", |sc| {
         let (_envoy, c) = config(&sc.config.to_string());
-        let mut s = MockStream {
+        let mut stream = MockStream {
             fail_callouts: sc.dispatch_fails,
             ..MockStream::default()
         };
-        let mut f = filter(&c, &mut s);
-        let mut got = Vec::new();
-        for (event, _) in &sc.steps {
-            s.calls.clear();
-            match event {
-                Event::RequestHeaders {
-                    method,
-                    path,
-                    headers,
-                    end_of_stream,
-                } => {
-                    s.request_headers = request(method, path, headers).request_headers;
-                    let status = f.on_request_headers(&mut s, *end_of_stream);
-                    s.calls.push(if status == HeadersStatus::Continue {
-                        Call::Continue
-                    } else {
-                        Call::Pause
-                    });
-                }
-                Event::RequestBody {
-                    chunk,
-                    end_of_stream,
-                } => {
-                    s.frame = vec![chunk.clone()];
-                    let status = f.on_request_body(&mut s, *end_of_stream);
-                    s.calls.push(if status == BodyStatus::Continue {
-                        Call::Continue
-                    } else {
-                        Call::Pause
-                    });
-                }
-                Event::LookupReply {
-                    status,
-                    content_type,
-                    body,
-                } => {
-                    let mut h: Vec<(&[u8], &[u8])> = vec![(b":status", status.as_bytes())];
-                    if let Some(ct) = content_type {
-                        h.push((b"content-type", ct.as_bytes()));
-                    }
-                    let id = 100 + s.callouts.len() as u64;
-                    f.on_http_callout_done(&mut s, id, CalloutResult::Success, &h, &[body]);
-                }
-                Event::ResponseHeaders {
-                    status,
-                    headers,
-                    end_of_stream,
-                } => {
-                    let mut h = vec![(b":status".to_vec(), status.to_string().into_bytes())];
-                    h.extend(
-                        headers
-                            .iter()
-                            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())),
-                    );
-                    s.response_headers = h;
-                    f.on_response_headers(&mut s, *end_of_stream);
-                    s.calls.push(Call::Continue);
-                }
-                Event::ResponseBody {
-                    chunk,
-                    end_of_stream,
-                } => {
-                    s.frame = vec![chunk.clone()];
-                    f.on_response_body(&mut s, *end_of_stream);
-                    s.calls.push(Call::Continue);
-                }
-            }
-            got.push(std::mem::take(&mut s.calls));
-        }
-        errors.extend(conformance::check("native", &sc, &got));
-    }
+        let filter = filter(&c, &mut stream);
+        Box::new(NativeDriver {
+            _config: c,
+            filter,
+            stream,
+        })
+    });
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use filter_core::{AtomicCounters, Callout, Config, Engine, LookupReply, Node, Response, Services};
-use golden::conformance::{self, Call, Event};
+use golden::conformance::{self, Call};
 use proxy_wasm::types::Action;
 
 use super::Flow;
@@ -61,13 +61,59 @@ fn bytes(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// The plugin's stream over the mock host.
+struct WasmDriver {
+    flow: Flow,
+    host: Mock,
+}
+
+impl WasmDriver {
+    fn calls(&mut self, last: Option<Call>) -> Vec<Call> {
+        let mut calls = std::mem::take(&mut self.host.calls);
+        calls.extend(last);
+        calls
+    }
+}
+
+impl conformance::Driver for WasmDriver {
+    fn request_headers(&mut self, h: Vec<(Vec<u8>, Vec<u8>)>, eos: bool) -> Vec<Call> {
+        let a = self.flow.request_headers(&mut self.host, h, eos);
+        self.calls(Some(action(a)))
+    }
+    fn request_body(&mut self, chunk: &[u8], eos: bool) -> Vec<Call> {
+        // Envoy's body_size counts what it buffered for us before.
+        let size = self.flow.buffered + chunk.len();
+        let a = self.flow.request_body(&mut self.host, chunk, size, eos);
+        self.calls(Some(action(a)))
+    }
+    fn lookup_reply(&mut self, status: &str, content_type: Option<&str>, body: &[u8]) -> Vec<Call> {
+        let reply = LookupReply {
+            status: Some(status.as_bytes()),
+            content_type: content_type.map(str::as_bytes),
+            body,
+        };
+        let token = self.host.tokens;
+        self.flow.lookup_answer(&mut self.host, token, Some(reply));
+        self.calls(None)
+    }
+    fn response_headers(&mut self, h: Vec<(Vec<u8>, Vec<u8>)>, eos: bool) -> Vec<Call> {
+        let status = filter_core::http::status(&h).unwrap_or(0);
+        self.flow
+            .response(&mut self.host, |s| s.on_response_headers(status, h, eos));
+        self.calls(Some(Call::Continue))
+    }
+    fn response_body(&mut self, chunk: &[u8], eos: bool) -> Vec<Call> {
+        self.flow
+            .response(&mut self.host, |s| s.on_response_body(chunk, eos));
+        self.calls(Some(Call::Continue))
+    }
+}
+
 #[test]
 fn conformance_with_every_in_proxy_host() {
-    let mut errors = Vec::new();
-    for sc in conformance::scenarios() {
-        let config = Config::from_value(&sc.config).unwrap();
+    let errors = conformance::replay("wasm", |sc| {
         let engine = Engine::new(
-            config,
+            Config::from_value(&sc.config).unwrap(),
             &Node::default(),
             Services {
                 metrics: Arc::new(AtomicCounters::default()),
@@ -75,72 +121,14 @@ fn conformance_with_every_in_proxy_host() {
                 seed: 5,
             },
         );
-        let mut flow = Flow::new(Some(Arc::new(engine)));
-        let mut host = Mock {
-            dispatch_fails: sc.dispatch_fails,
-            ..Mock::default()
-        };
-        let mut got = Vec::new();
-        for (event, _) in &sc.steps {
-            host.calls.clear();
-            match event.clone() {
-                Event::RequestHeaders {
-                    method,
-                    path,
-                    headers,
-                    end_of_stream,
-                } => {
-                    let mut h = bytes(&[(":method", method), (":path", path)]);
-                    h.extend(bytes(&[(":authority", "api.example.com")]));
-                    h.extend(bytes(&headers));
-                    let a = flow.request_headers(&mut host, h, end_of_stream);
-                    host.calls.push(action(a));
-                }
-                Event::RequestBody {
-                    chunk,
-                    end_of_stream,
-                } => {
-                    // Envoy's body_size counts what it buffered for us before.
-                    let size = flow.buffered + chunk.len();
-                    let a = flow.request_body(&mut host, &chunk, size, end_of_stream);
-                    host.calls.push(action(a));
-                }
-                Event::LookupReply {
-                    status,
-                    content_type,
-                    body,
-                } => {
-                    let reply = LookupReply {
-                        status: Some(status.as_bytes()),
-                        content_type: content_type.map(str::as_bytes),
-                        body: &body,
-                    };
-                    let token = host.tokens;
-                    flow.lookup_answer(&mut host, token, Some(reply));
-                }
-                Event::ResponseHeaders {
-                    status,
-                    headers,
-                    end_of_stream,
-                } => {
-                    let h = bytes(&headers);
-                    flow.response(&mut host, |s| {
-                        s.on_response_headers(status, h, end_of_stream)
-                    });
-                    host.calls.push(Call::Continue);
-                }
-                Event::ResponseBody {
-                    chunk,
-                    end_of_stream,
-                } => {
-                    flow.response(&mut host, |s| s.on_response_body(&chunk, end_of_stream));
-                    host.calls.push(Call::Continue);
-                }
-            }
-            got.push(std::mem::take(&mut host.calls));
-        }
-        errors.extend(conformance::check("wasm", &sc, &got));
-    }
+        Box::new(WasmDriver {
+            flow: Flow::new(Some(Arc::new(engine))),
+            host: Mock {
+                dispatch_fails: sc.dispatch_fails,
+                ..Mock::default()
+            },
+        })
+    });
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 
