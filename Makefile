@@ -81,6 +81,18 @@ bench-smoke: wasm-target ## Every bench for seconds with tiny counts, debug buil
 	$(CARGO) bench --locked --profile dev -p bench --bench engine --bench envoy; \
 	$(CARGO) run --locked --profile dev -p bench --bin load
 
+# Fuzzing (fuzz/README.md): every target for FUZZ_SECONDS each, on its committed corpus; a crash is
+# written to fuzz/artifacts/<target>/ and stops the run. Not part of `make test`.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := answer otlp_json config ingest engine
+.PHONY: fuzz
+fuzz: ## Fuzz every parser of outside input and the engine for FUZZ_SECONDS each (installs cargo-fuzz on first use).
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  $(CARGO) fuzz run --sanitizer none $$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
+
 fmt: ## Format the code.
 	$(CARGO) fmt --all
 
