@@ -187,15 +187,19 @@ render() {
   cp -R "${repo_root}/istio" "${out}"
   local api_key="${SOFTPROBE_API_KEY:-__SOFTPROBE_API_KEY__}"
   [[ -n "${SOFTPROBE_API_KEY:-}" ]] || log "SOFTPROBE_API_KEY is not set: __SOFTPROBE_API_KEY__ stays in the hosted-backend manifests"
+  # The local backend's ingest key: BACKEND_INGEST_KEY when set, else the runbook's sed fills it.
+  local ingest_key="${BACKEND_INGEST_KEY:-__BACKEND_INGEST_KEY__}"
   local f
   while IFS= read -r -d '' f; do
     WASM_URL="${WASM_URL}" WASM_SHA256="${WASM_SHA256}" WASM_HOST="${host}" API_KEY="${api_key}" \
+      INGEST_KEY="${ingest_key}" \
       python3 - "${f}" <<'PY'
 import os, sys
 p = sys.argv[1]
 s = open(p, encoding="utf-8").read()
 for k, v in (("__WASM_URL__", os.environ["WASM_URL"]), ("__WASM_SHA256__", os.environ["WASM_SHA256"]),
-             ("__WASM_HOST__", os.environ["WASM_HOST"]), ("__SOFTPROBE_API_KEY__", os.environ["API_KEY"])):
+             ("__WASM_HOST__", os.environ["WASM_HOST"]), ("__SOFTPROBE_API_KEY__", os.environ["API_KEY"]),
+             ("__BACKEND_INGEST_KEY__", os.environ["INGEST_KEY"])):
     s = s.replace(k, v)
 open(p, "w", encoding="utf-8").write(s)
 PY

@@ -71,6 +71,14 @@ pub struct ServeArgs {
     /// Imports (`POST /admin/import`) may be as large as twice --max-store-bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// File holding the token `/admin/*` requires (`authorization: Bearer <token>`); else the
+    /// `BACKEND_ADMIN_TOKEN` environment variable. Needed to listen on a non-loopback address.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// File holding the key `/v1/inject` and `/v1/traces` require (the filter's `api_key`); else
+    /// the `BACKEND_INGEST_KEY` environment variable. Needed to listen on a non-loopback address.
+    #[arg(long, value_name = "FILE")]
+    pub ingest_key_file: Option<PathBuf>,
 }
 
 /// `import` flags.

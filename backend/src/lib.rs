@@ -6,6 +6,7 @@
 //! Decoding and encoding of the OTLP spans is filter-core's codec.
 #![forbid(unsafe_code)]
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;

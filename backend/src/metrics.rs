@@ -22,6 +22,8 @@ pub struct Metrics {
     pub evicted: AtomicU64,
     /// Requests that failed inside the backend (5xx).
     pub errors: AtomicU64,
+    /// Requests refused for a missing or wrong admin token or ingest key (401).
+    pub unauthorized: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -116,6 +118,13 @@ impl Metrics {
             "counter",
             "Requests that failed inside the backend.",
             get(&self.errors),
+        );
+        metric(
+            &mut out,
+            "backend_unauthorized_total",
+            "counter",
+            "Requests refused for a missing or wrong admin token or ingest key.",
+            get(&self.unauthorized),
         );
         out
     }

@@ -36,6 +36,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/export", get(admin::export))
         .route("/admin/import", post(admin::import))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require,
+        ))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
@@ -81,6 +85,11 @@ async fn shutdown_signal() {
 
 /// Opens the store and serves until SIGTERM or SIGINT.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let auth = crate::auth::Auth::load(
+        args.admin_token_file.as_deref(),
+        args.ingest_key_file.as_deref(),
+    )?;
+    crate::auth::check_listen(args.listen, &auth)?;
     let store = crate::open_store(&args.store)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -93,6 +102,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store,
         metrics: Arc::new(Metrics::default()),
         max_body_bytes: args.max_body_bytes,
+        auth,
         max_import_bytes: usize::try_from(args.store.max_store_bytes.saturating_mul(2))
             .unwrap_or(usize::MAX)
             .max(args.max_body_bytes),

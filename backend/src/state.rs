@@ -20,6 +20,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Largest accepted body on the OTLP endpoints.
     pub max_body_bytes: usize,
+    /// Who may call the guarded endpoints ([`crate::auth`]).
+    pub auth: crate::auth::Auth,
     /// Largest accepted import document.
     pub max_import_bytes: usize,
 }

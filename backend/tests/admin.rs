@@ -247,3 +247,113 @@ fn help_documents_every_flag() {
     let import = run(&["import", "--help"]);
     assert!(import.contains("<FILE>"), "{import}");
 }
+
+/// With an admin token and an ingest key, each guarded endpoint refuses a caller without its
+/// secret (401), accepts it with it, and a non-loopback listen without them is refused at start.
+#[tokio::test]
+async fn tokens_guard_admin_and_ingest_and_a_public_listen_needs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, ingest) = (
+        "admin-token-0123456789abcdef",
+        "ingest-key-0123456789abcdef",
+    );
+    let admin_file = dir.path().join("admin-token");
+    let ingest_file = dir.path().join("ingest-key");
+    std::fs::write(&admin_file, format!("{admin}\n")).unwrap();
+    std::fs::write(&ingest_file, ingest).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--admin-token-file",
+            admin_file.to_str().unwrap(),
+            "--ingest-key-file",
+            ingest_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let e = Exchange::get("/guarded", b"secret answer");
+    let c = client();
+    let traces = |key: Option<&str>| {
+        let mut r = c
+            .post(server.at("/v1/traces"))
+            .header("content-type", PROTOBUF)
+            .body(e.extract());
+        if let Some(k) = key {
+            r = r.header("authorization", format!("Bearer {k}"));
+        }
+        r.send()
+    };
+    assert_eq!(traces(None).await.unwrap().status(), 401);
+    assert_eq!(
+        traces(Some("wrong-key-0123456789abcdef"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(traces(Some(ingest)).await.unwrap().status(), 200);
+    let inject = c
+        .post(server.at("/v1/inject"))
+        .header("content-type", PROTOBUF)
+        .header("x-public-key", ingest)
+        .body(e.inject())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(inject.status(), 200, "the agents' x-public-key is accepted");
+
+    let admin_get = |key: &str| {
+        c.get(server.at("/admin/export"))
+            .header("authorization", format!("Bearer {key}"))
+            .send()
+    };
+    let refused = c.get(server.at("/admin/recordings")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+    assert!(refused.text().await.unwrap().contains("admin token"));
+    assert_eq!(
+        admin_get(ingest).await.unwrap().status(),
+        401,
+        "the ingest key is not admin"
+    );
+    assert_eq!(admin_get(admin).await.unwrap().status(), 200);
+    let cleared = c
+        .delete(server.at("/admin/recordings"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        cleared.status(),
+        401,
+        "nobody wipes the store without the token"
+    );
+    for open in ["/healthz", "/metrics"] {
+        assert_eq!(c.get(server.at(open)).send().await.unwrap().status(), 200);
+    }
+    let metrics = c
+        .get(server.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("backend_unauthorized_total 5"),
+        "{metrics}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_backend"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data"])
+        .arg(dir.path().join("other"))
+        .env_remove("BACKEND_ADMIN_TOKEN")
+        .env_remove("BACKEND_INGEST_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0") && err.contains("admin token"),
+        "{err}"
+    );
+}

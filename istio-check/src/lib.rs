@@ -38,6 +38,7 @@ pub const PLACEHOLDERS: &[(&str, &str)] = &[
     ),
     ("__WASM_HOST__", "wasm.example.com"),
     ("__SOFTPROBE_API_KEY__", "pk_test_example"),
+    ("__BACKEND_INGEST_KEY__", "0123456789abcdef0123456789abcdef"),
 ];
 
 /// `text` with every placeholder replaced by its stand-in value.
