@@ -92,21 +92,54 @@ impl Auth {
     fn required(&self, path: &str) -> Option<Required<'_>> {
         if path.starts_with("/admin/") || path == "/admin" {
             return self.admin.as_deref().map(|a| Required {
+                name: "admin token",
                 accepted: [Some(a), None],
                 public_key_header: false,
             });
         }
         if path.starts_with("/v1/") {
             return self.ingest.as_deref().map(|i| Required {
+                name: "ingest key",
                 accepted: [Some(i), self.admin.as_deref()],
                 public_key_header: true,
             });
         }
         None
     }
+
+    /// Whether a request to `path` with these headers may go on; `Err` names the secret it
+    /// lacks.
+    pub fn allows(&self, path: &str, headers: &HeaderMap) -> Result<(), &'static str> {
+        let Some(required) = self.required(path) else {
+            return Ok(());
+        };
+        let bearer = headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter_map(|v| {
+                let v = v.as_bytes();
+                let (scheme, token) = (v.get(..7)?, v.get(7..)?);
+                scheme
+                    .eq_ignore_ascii_case(b"bearer ")
+                    .then(|| token.trim_ascii())
+            });
+        let public_key = headers
+            .get_all("x-public-key")
+            .iter()
+            .filter(|_| required.public_key_header)
+            .map(|v| v.as_bytes());
+        let mut presented = bearer.chain(public_key);
+        if presented.any(|p| required.accepted.iter().flatten().any(|a| same(p, a))) {
+            Ok(())
+        } else {
+            Err(required.name)
+        }
+    }
 }
 
 struct Required<'a> {
+    /// The secret's name, for the refusal.
+    name: &'static str,
     accepted: [Option<&'a [u8]>; 2],
     public_key_header: bool,
 }
@@ -116,50 +149,24 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn presented(headers: &HeaderMap, public_key_header: bool) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    for v in headers.get_all(header::AUTHORIZATION) {
-        let v = v.as_bytes();
-        if let (Some(scheme), Some(token)) = (v.get(..7), v.get(7..)) {
-            if scheme.eq_ignore_ascii_case(b"bearer ") {
-                out.push(token.trim_ascii());
-            }
-        }
-    }
-    if public_key_header {
-        out.extend(headers.get_all("x-public-key").iter().map(|v| v.as_bytes()));
-    }
-    out
-}
-
 /// Middleware: answers 401 to a guarded path without its secret.
 pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(required) = state.auth.required(req.uri().path()) {
-        let ok = presented(req.headers(), required.public_key_header)
-            .iter()
-            .any(|p| required.accepted.iter().flatten().any(|a| same(p, a)));
-        if !ok {
-            crate::metrics::add(&state.metrics.unauthorized, 1);
-            tracing::warn!(
-                path = req.uri().path(),
-                "refused: missing or wrong credentials"
-            );
-            let what = if required.public_key_header {
-                "the ingest key"
-            } else {
-                "the admin token"
-            };
-            return (
-                StatusCode::UNAUTHORIZED,
-                [
-                    (header::WWW_AUTHENTICATE, "Bearer"),
-                    (header::CONTENT_TYPE, "application/json"),
-                ],
-                serde_json::json!({ "error": format!("this endpoint needs `authorization: Bearer <{}>`", what.trim_start_matches("the ")) })
-                    .to_string(),
-            )
-                .into_response();
-        }
+    if let Err(name) = state.auth.allows(req.uri().path(), req.headers()) {
+        crate::metrics::add(&state.metrics.unauthorized, 1);
+        tracing::warn!(
+            path = req.uri().path(),
+            "refused: missing or wrong credentials"
+        );
+        let error = format!("this endpoint needs `authorization: Bearer <{name}>`");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [
+                (header::WWW_AUTHENTICATE, "Bearer"),
+                (header::CONTENT_TYPE, "application/json"),
+            ],
+            serde_json::json!({ "error": error }).to_string(),
+        )
+            .into_response();
     }
     next.run(req).await
 }

@@ -274,10 +274,7 @@ async fn tokens_guard_admin_and_ingest_and_a_public_listen_needs_them() {
     let e = Exchange::get("/guarded", b"secret answer");
     let c = client();
     let traces = |key: Option<&str>| {
-        let mut r = c
-            .post(server.at("/v1/traces"))
-            .header("content-type", PROTOBUF)
-            .body(e.extract());
+        let mut r = post_request(&server.at("/v1/traces"), PROTOBUF, e.extract());
         if let Some(k) = key {
             r = r.header("authorization", format!("Bearer {k}"));
         }
@@ -292,11 +289,8 @@ async fn tokens_guard_admin_and_ingest_and_a_public_listen_needs_them() {
         401
     );
     assert_eq!(traces(Some(ingest)).await.unwrap().status(), 200);
-    let inject = c
-        .post(server.at("/v1/inject"))
-        .header("content-type", PROTOBUF)
+    let inject = post_request(&server.at("/v1/inject"), PROTOBUF, e.inject())
         .header("x-public-key", ingest)
-        .body(e.inject())
         .send()
         .await
         .unwrap();
@@ -330,14 +324,7 @@ async fn tokens_guard_admin_and_ingest_and_a_public_listen_needs_them() {
     for open in ["/healthz", "/metrics"] {
         assert_eq!(c.get(server.at(open)).send().await.unwrap().status(), 200);
     }
-    let metrics = c
-        .get(server.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(
         metrics.contains("backend_unauthorized_total 5"),
         "{metrics}"

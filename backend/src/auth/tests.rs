@@ -15,12 +15,7 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 }
 
 fn allowed(auth: &Auth, path: &str, h: &HeaderMap) -> bool {
-    match auth.required(path) {
-        None => true,
-        Some(r) => presented(h, r.public_key_header)
-            .iter()
-            .any(|p| r.accepted.iter().flatten().any(|a| same(p, a))),
-    }
+    auth.allows(path, h).is_ok()
 }
 
 #[test]
@@ -31,6 +26,11 @@ fn each_endpoint_takes_its_secret() {
     let public_key = headers(&[("x-public-key", INGEST)]);
     let none = HeaderMap::new();
     assert!(allowed(&auth, "/admin/recordings", &admin));
+    assert_eq!(
+        auth.allows("/admin/recordings", &ingest),
+        Err("admin token")
+    );
+    assert_eq!(auth.allows("/v1/inject", &none), Err("ingest key"));
     assert!(!allowed(&auth, "/admin/recordings", &ingest));
     assert!(!allowed(&auth, "/admin/export", &none));
     assert!(!allowed(

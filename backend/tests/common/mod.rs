@@ -517,15 +517,17 @@ pub fn read_json_answer(bytes: &[u8]) -> Answer {
     }
 }
 
-/// POSTs a body with a content type.
-pub async fn post(url: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+/// A POST of a body with a content type, to add headers to before sending.
+pub fn post_request(url: &str, content_type: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
     client()
         .post(url)
         .header("content-type", content_type)
         .body(body)
-        .send()
-        .await
-        .unwrap()
+}
+
+/// POSTs a body with a content type.
+pub async fn post(url: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+    post_request(url, content_type, body).send().await.unwrap()
 }
 
 /// Records an exchange (protobuf) and checks the 200.
@@ -536,11 +538,8 @@ pub async fn record(server: &Server, e: &Exchange) {
 
 /// Looks an exchange up (protobuf); the answer on a hit, None on a 404.
 pub async fn lookup(server: &Server, e: &Exchange) -> Option<Answer> {
-    let r = client()
-        .post(server.at("/v1/inject"))
-        .header("content-type", PROTOBUF)
+    let r = post_request(&server.at("/v1/inject"), PROTOBUF, e.inject())
         .header("accept", PROTOBUF)
-        .body(e.inject())
         .send()
         .await
         .unwrap();
