@@ -1,5 +1,6 @@
 //! Health, metrics and the admin API over the recordings.
 
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -11,10 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::body;
 use crate::error::ApiError;
-use crate::export::ExportDocument;
+use crate::export::{self, ImportError};
 use crate::key;
+use crate::pipe;
 use crate::recording::Recording;
 use crate::state::AppState;
+use crate::store::StoreError;
 
 /// Default page size of the recordings list.
 pub const DEFAULT_LIMIT: u64 = 100;
@@ -178,31 +181,81 @@ pub async fn clear(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /admin/export`: every recording as one JSON document.
+/// `GET /admin/export`: every recording as one JSON document, streamed (a page of recordings
+/// read at a time), so its size is not bounded by memory.
 pub async fn export(State(state): State<AppState>) -> Response {
-    match state.blocking(|s| s.all()).await {
-        Ok(all) => Json(ExportDocument::new(all)).into_response(),
+    let (tx, rx) = pipe::channel();
+    let store = Arc::clone(&state.store);
+    tokio::task::spawn_blocking(move || {
+        let mut out = pipe::ChannelWriter::new(tx);
+        match export::write(&store, &mut out) {
+            Ok(count) => tracing::info!(exported = count, "export done"),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                tracing::warn!("export cut short: the client went away");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "export failed");
+                out.abort(e);
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response()
+}
+
+/// `POST /admin/import`: adds the recordings of an export document, streamed: parsed one
+/// recording at a time (each at most `--max-body-bytes`), committed in batches. Recordings of
+/// batches committed before an error stay stored.
+pub async fn import(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        let gzip = body::is_gzip(&headers)?;
+        let (tx, rx) = pipe::channel();
+        let forward = tokio::spawn(pipe::forward(body, tx));
+        let store = Arc::clone(&state.store);
+        let limit = u64::try_from(state.max_body_bytes).unwrap_or(u64::MAX);
+        let done = tokio::task::spawn_blocking(move || {
+            let reader = pipe::ChannelReader::new(rx);
+            let mut commit = |batch| store.insert(batch);
+            if gzip {
+                export::import(flate2::read::GzDecoder::new(reader), limit, &mut commit)
+            } else {
+                export::import(reader, limit, &mut commit)
+            }
+        })
+        .await;
+        forward.abort();
+        match done {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(e)) => Err(import_error(e)),
+            Err(e) => Err(ApiError::internal(format!("import task failed: {e}"))),
+        }
+    }
+    .await;
+    match result {
+        Ok(done) => {
+            crate::metrics::add(&state.metrics.evicted, done.evicted);
+            crate::metrics::add(&state.metrics.replaced, done.replaced);
+            Json(serde_json::json!({
+                "imported": done.imported,
+                "evicted": done.evicted,
+                "replaced": done.replaced,
+            }))
+            .into_response()
+        }
         Err(e) => state.fail(e),
     }
 }
 
-/// `POST /admin/import`: adds the recordings of an export document.
-pub async fn import(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let result = async {
-        let bytes = body::read(&headers, body, state.max_import_bytes).await?;
-        let doc = ExportDocument::parse(&bytes).map_err(ApiError::bad_request)?;
-        let count = doc.recordings.len();
-        let inserted = state.blocking(move |s| s.insert(doc.recordings)).await?;
-        Ok::<_, ApiError>((count, inserted))
-    }
-    .await;
-    match result {
-        Ok((count, inserted)) => {
-            crate::metrics::add(&state.metrics.evicted, inserted.evicted);
-            Json(serde_json::json!({ "imported": count, "evicted": inserted.evicted }))
-                .into_response()
+fn import_error(e: ImportError) -> ApiError {
+    match e {
+        ImportError::Invalid(_) | ImportError::Read(_) => ApiError::bad_request(e.to_string()),
+        ImportError::TooLarge(_) | ImportError::Store(StoreError::TooLarge { .. }) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
         }
-        Err(e) => state.fail(e),
+        ImportError::Store(e) => ApiError::internal(e),
     }
 }
 

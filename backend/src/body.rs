@@ -59,13 +59,25 @@ async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError>
     Ok(buf)
 }
 
-fn decode(headers: &HeaderMap, raw: Vec<u8>, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Whether the body is gzip-encoded: `false` for none or identity, 415 for anything else.
+pub fn is_gzip(headers: &HeaderMap) -> Result<bool, ApiError> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     match encoding.as_deref() {
-        None | Some("") | Some("identity") => Ok(raw),
-        Some("gzip") | Some("x-gzip") => {
+        None | Some("") | Some("identity") => Ok(false),
+        Some("gzip") | Some("x-gzip") => Ok(true),
+        Some(other) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("unsupported content-encoding {other:?} (use gzip or none)"),
+        )),
+    }
+}
+
+fn decode(headers: &HeaderMap, raw: Vec<u8>, limit: usize) -> Result<Vec<u8>, ApiError> {
+    match is_gzip(headers)? {
+        false => Ok(raw),
+        true => {
             let mut out = Vec::new();
             let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
             flate2::read::GzDecoder::new(raw.as_slice())
@@ -79,10 +91,6 @@ fn decode(headers: &HeaderMap, raw: Vec<u8>, limit: usize) -> Result<Vec<u8>, Ap
             }
             Ok(out)
         }
-        Some(other) => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("unsupported content-encoding {other:?} (use gzip or none)"),
-        )),
     }
 }
 

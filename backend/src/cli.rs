@@ -68,7 +68,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// Largest accepted request body in bytes (after gzip decompression too); larger ones get 413.
-    /// Imports (`POST /admin/import`) may be as large as twice --max-store-bytes.
+    /// Imports (`POST /admin/import`) stream and may be of any size; each recording in them is
+    /// held to this limit.
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
     /// File holding the token `/admin/*` requires (`authorization: Bearer <token>`); else the
@@ -90,6 +91,9 @@ pub struct ImportArgs {
     /// The export document; `-` reads standard input.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+    /// Largest recording accepted from the document, in bytes of its JSON form.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    pub max_recording_bytes: u64,
 }
 
 /// The user's data directory + `transparent-cache/backend`, else `./.data`.

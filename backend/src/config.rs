@@ -12,10 +12,44 @@ use serde::{Deserialize, Serialize};
 pub struct BackendConfig {
     /// How a request is turned into the key recordings are looked up by.
     pub match_key: MatchKeyConfig,
+    /// How long recordings are kept, and how many per key.
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: upsert per key and time-to-live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Recordings kept per match key; a newer recording (by `recorded_at`) replaces the oldest
+    /// beyond it. Default 1 (latest wins); 0 keeps every one (the newest is served).
+    pub keep_per_key: u64,
+    /// Seconds a recording is served after it was recorded; 0 (default) keeps it until the size
+    /// cap evicts it. Expired recordings are misses at once and deleted in the background.
+    pub ttl_seconds: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            keep_per_key: 1,
+            ttl_seconds: 0,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The store's form.
+    pub fn to_retention(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            keep_per_key: self.keep_per_key,
+            ttl: (self.ttl_seconds > 0).then(|| std::time::Duration::from_secs(self.ttl_seconds)),
+        }
+    }
 }
 
 /// What goes into a request's match key. By default: method, host, path with query, the request
-/// body bytes and the session id.
+/// body bytes, the session id and the caller's credentials (the redacted `authorization`,
+/// `cookie` and `x-api-key`), so one user's recording never answers another user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MatchKeyConfig {
@@ -30,7 +64,15 @@ pub struct MatchKeyConfig {
     pub scope_by_service: bool,
     /// Adds the session id (`sp.session.id`) to the key. On by default.
     pub include_session_id: bool,
+    /// Headers that identify the caller, added to the key in their redacted form
+    /// (`sha256:<hex>`; a raw value is hashed the same way). Default `authorization`, `cookie`,
+    /// `x-api-key`; `[]` lets every caller share recordings (only for public, caller-independent
+    /// upstreams).
+    pub caller_headers: Vec<String>,
 }
+
+/// The callers' credential headers of the default match key.
+pub const DEFAULT_CALLER_HEADERS: [&str; 3] = ["authorization", "cookie", "x-api-key"];
 
 impl Default for MatchKeyConfig {
     fn default() -> Self {
@@ -40,6 +82,7 @@ impl Default for MatchKeyConfig {
             ignore_body_fields: Vec::new(),
             scope_by_service: false,
             include_session_id: true,
+            caller_headers: DEFAULT_CALLER_HEADERS.map(String::from).to_vec(),
         }
     }
 }
@@ -110,14 +153,30 @@ ignore_query_params = ["ts"]
 headers = ["x-tenant"]
 ignore_body_fields = ["requestId"]
 scope_by_service = true
+caller_headers = []
+
+[retention]
+keep_per_key = 3
+ttl_seconds = 86400
 "#;
         let json = r#"{"match_key": {"ignore_query_params": ["ts"], "headers": ["x-tenant"],
-            "ignore_body_fields": ["requestId"], "scope_by_service": true}}"#;
+            "ignore_body_fields": ["requestId"], "scope_by_service": true,
+            "caller_headers": []}, "retention": {"keep_per_key": 3, "ttl_seconds": 86400}}"#;
         let a = BackendConfig::from_toml(toml).unwrap();
         let b = BackendConfig::from_json(json).unwrap();
         assert_eq!(a, b);
         assert!(a.match_key.include_session_id);
         assert_eq!(a.match_key.headers, vec!["x-tenant"]);
+        assert!(a.match_key.caller_headers.is_empty());
+        let r = a.retention.to_retention();
+        assert_eq!(r.keep_per_key, 3);
+        assert_eq!(r.ttl, Some(std::time::Duration::from_secs(86400)));
+        let d = BackendConfig::default();
+        assert_eq!(d.match_key.caller_headers.len(), 3);
+        assert_eq!(
+            d.retention.to_retention(),
+            crate::store::Retention::default()
+        );
     }
 
     #[test]

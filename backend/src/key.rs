@@ -29,7 +29,7 @@ pub struct KeyInput<'a> {
 }
 
 /// Bumped when the key's layout changes, so stores re-index.
-pub const KEY_SCHEME: u32 = 1;
+pub const KEY_SCHEME: u32 = 2;
 
 fn field(h: &mut Sha256, tag: &[u8], value: &[u8]) {
     h.update(tag);
@@ -69,6 +69,20 @@ pub fn compute(config: &MatchKeyConfig, input: &KeyInput<'_>) -> KeyHash {
             field(&mut h, b"v", v);
         }
     }
+    for name in &config.caller_headers {
+        let name = name.to_ascii_lowercase();
+        field(&mut h, b"C", name.as_bytes());
+        let values: Vec<&Vec<u8>> = input
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
+            .flat_map(|(_, vs)| vs.iter())
+            .collect();
+        h.update((values.len() as u64).to_be_bytes());
+        for v in values {
+            field(&mut h, b"v", caller_value(v).as_bytes());
+        }
+    }
     let body = body_for_key(input.body, &config.ignore_body_fields);
     field(&mut h, b"b", &body);
     if config.include_session_id {
@@ -78,6 +92,17 @@ pub fn compute(config: &MatchKeyConfig, input: &KeyInput<'_>) -> KeyHash {
         opt_field(&mut h, b"S", input.service.map(str::as_bytes));
     }
     h.finalize().into()
+}
+
+/// A caller credential as it enters the key: the filter's redacted form (`sha256:<hex>`). A value
+/// that arrives redacted is kept; a raw one (a peer that does not redact) is hashed the same way,
+/// so both forms of one secret give one key and the secret itself never reaches the index.
+pub fn caller_value(value: &[u8]) -> std::borrow::Cow<'_, str> {
+    if filter_core::encoding::is_redacted_value(value) {
+        String::from_utf8_lossy(value)
+    } else {
+        std::borrow::Cow::Owned(filter_core::codec::redacted(value))
+    }
 }
 
 /// Lower-case hex of a key.
@@ -236,6 +261,42 @@ mod tests {
             compute(&scoped, &input("/a", b"x")),
             compute(&scoped, &other_service)
         );
+    }
+
+    #[test]
+    fn callers_are_told_apart_by_their_credentials_raw_or_redacted() {
+        let c = MatchKeyConfig::default();
+        let with = |name: &str, value: &[u8]| vec![(name.to_string(), vec![value.to_vec()])];
+        let key = |headers: &[(String, Vec<Vec<u8>>)]| {
+            let mut i = input("/me", b"");
+            i.headers = headers;
+            compute(&c, &i)
+        };
+        let alice = key(&with("authorization", b"Bearer alice"));
+        let bob = key(&with("authorization", b"Bearer bob"));
+        let anonymous = key(&[]);
+        assert_ne!(alice, bob);
+        assert_ne!(alice, anonymous);
+        let redacted = filter_core::codec::redacted(b"Bearer alice");
+        assert_eq!(
+            alice,
+            key(&with("Authorization", redacted.as_bytes())),
+            "the filter's redacted form and the raw value are one caller"
+        );
+        for name in ["cookie", "x-api-key"] {
+            assert_ne!(key(&with(name, b"a")), key(&with(name, b"b")), "{name}");
+        }
+        let opt_out = MatchKeyConfig {
+            caller_headers: vec![],
+            ..MatchKeyConfig::default()
+        };
+        let mut a = input("/me", b"");
+        let ha = with("authorization", b"Bearer alice");
+        a.headers = &ha;
+        let mut b = input("/me", b"");
+        let hb = with("authorization", b"Bearer bob");
+        b.headers = &hb;
+        assert_eq!(compute(&opt_out, &a), compute(&opt_out, &b));
     }
 
     #[test]

@@ -16,19 +16,17 @@ pub mod key;
 pub mod logging;
 pub mod metrics;
 pub mod otlp;
+pub mod pipe;
 pub mod recording;
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod writer;
 
-use std::io::{Read as _, Write as _};
-
 use anyhow::Context as _;
 
 use crate::cli::{Cli, Command, ImportArgs, StoreArgs};
 use crate::config::BackendConfig;
-use crate::export::ExportDocument;
 use crate::store::Store;
 
 /// Opens the store the flags describe, with the configured match key.
@@ -37,37 +35,43 @@ pub fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
         Some(path) => BackendConfig::load(path)?,
         None => BackendConfig::default(),
     };
-    Store::open(&args.data, config.match_key, args.max_store_bytes).with_context(|| {
-        format!(
-            "cannot open the store in {} (a running server holds it: use the admin API instead)",
-            args.data.display()
-        )
-    })
+    let store =
+        Store::open(&args.data, config.match_key, args.max_store_bytes).with_context(|| {
+            format!(
+                "cannot open the store in {} (a running server holds it: use the admin API instead)",
+                args.data.display()
+            )
+        })?;
+    Ok(store.with_retention(config.retention.to_retention()))
 }
 
 fn export(args: &StoreArgs) -> anyhow::Result<()> {
     let store = open_store(args)?;
-    let doc = ExportDocument::new(store.all()?);
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, &doc).context("cannot write the export")?;
-    out.write_all(b"\n")?;
-    out.flush()?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let count = export::write(&store, &mut out).context("cannot write the export")?;
+    tracing::info!(exported = count, "export done");
     Ok(())
 }
 
 fn import(args: &ImportArgs) -> anyhow::Result<()> {
-    let mut bytes = Vec::new();
-    if args.file.as_os_str() == "-" {
-        std::io::stdin().read_to_end(&mut bytes)?;
-    } else {
-        bytes = std::fs::read(&args.file)
-            .with_context(|| format!("cannot read {}", args.file.display()))?;
-    }
-    let doc = ExportDocument::parse(&bytes).map_err(anyhow::Error::msg)?;
     let store = open_store(&args.store)?;
-    let count = doc.recordings.len();
-    let inserted = store.insert(doc.recordings)?;
-    tracing::info!(imported = count, evicted = inserted.evicted, "import done");
+    let reader: Box<dyn std::io::Read> = if args.file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(
+            std::fs::File::open(&args.file)
+                .with_context(|| format!("cannot read {}", args.file.display()))?,
+        )
+    };
+    let done = export::import(reader, args.max_recording_bytes, &mut |batch| {
+        store.insert(batch)
+    })?;
+    tracing::info!(
+        imported = done.imported,
+        evicted = done.evicted,
+        replaced = done.replaced,
+        "import done"
+    );
     Ok(())
 }
 

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub bad_requests: AtomicU64,
     /// Recordings evicted to stay under the store cap.
     pub evicted: AtomicU64,
+    /// Recordings replaced by a newer one with the same key (`retention.keep_per_key`).
+    pub replaced: AtomicU64,
+    /// Recordings deleted after their TTL (`retention.ttl_seconds`).
+    pub expired: AtomicU64,
     /// Requests that failed inside the backend (5xx).
     pub errors: AtomicU64,
     /// Requests refused for a missing or wrong admin token or ingest key (401).
@@ -111,6 +115,20 @@ impl Metrics {
             "counter",
             "Recordings evicted by the size cap.",
             get(&self.evicted),
+        );
+        metric(
+            &mut out,
+            "backend_replaced_total",
+            "counter",
+            "Recordings replaced by a newer one with the same match key.",
+            get(&self.replaced),
+        );
+        metric(
+            &mut out,
+            "backend_expired_total",
+            "counter",
+            "Recordings deleted after their time-to-live.",
+            get(&self.expired),
         );
         metric(
             &mut out,

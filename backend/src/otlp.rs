@@ -113,7 +113,8 @@ async fn record(
     let inserted = state.record(recordings).await?;
     add(&state.metrics.recorded, count);
     add(&state.metrics.evicted, inserted.evicted);
-    tracing::debug!(ids = ?inserted.ids, evicted = inserted.evicted, "recorded");
+    add(&state.metrics.replaced, inserted.replaced);
+    tracing::debug!(ids = ?inserted.ids, evicted = inserted.evicted, replaced = inserted.replaced, "recorded");
     Ok(())
 }
 

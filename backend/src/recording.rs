@@ -191,7 +191,7 @@ impl Recording {
 
     /// The match key of this recording's request.
     pub fn key(&self, config: &MatchKeyConfig) -> KeyHash {
-        let headers = if config.headers.is_empty() {
+        let headers = if config.headers.is_empty() && config.caller_headers.is_empty() {
             Vec::new()
         } else {
             headers_for_key(&self.request.headers)

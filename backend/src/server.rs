@@ -83,6 +83,41 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
+/// Recordings deleted per expiry transaction.
+const EXPIRE_BATCH: usize = 10_000;
+
+/// Deletes expired recordings every tenth of the TTL (between 1 s and 60 s). Lookups never serve
+/// an expired recording meanwhile: this only gives the space back.
+async fn expire_forever(state: AppState, ttl: std::time::Duration) {
+    let period = (ttl / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            let now = crate::store::now_unix_nanos();
+            match state.blocking(move |s| s.expire(now, EXPIRE_BATCH)).await {
+                Ok(n) => {
+                    crate::metrics::add(&state.metrics.expired, n);
+                    if n > 0 {
+                        tracing::debug!(expired = n, "expired recordings deleted");
+                    }
+                    if n < EXPIRE_BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "expiry failed; retrying later");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Opens the store and serves until SIGTERM or SIGINT.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let auth = crate::auth::Auth::load(
@@ -103,10 +138,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::default()),
         max_body_bytes: args.max_body_bytes,
         auth,
-        max_import_bytes: usize::try_from(args.store.max_store_bytes.saturating_mul(2))
-            .unwrap_or(usize::MAX)
-            .max(args.max_body_bytes),
     };
+    if let Some(ttl) = state.store.retention().ttl {
+        tokio::spawn(expire_forever(state.clone(), ttl));
+    }
     tracing::info!(
         listen = %listener.local_addr().unwrap_or(args.listen),
         data = %args.store.data.display(),

@@ -22,8 +22,6 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Who may call the guarded endpoints ([`crate::auth`]).
     pub auth: crate::auth::Auth,
-    /// Largest accepted import document.
-    pub max_import_bytes: usize,
 }
 
 impl AppState {

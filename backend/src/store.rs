@@ -1,15 +1,20 @@
 //! The embedded, durable recording store (redb).
 //!
 //! Tables: `recordings` (id → recording JSON, ids grow with insertion, so the first id is the
-//! oldest), `index` (match key → `(recorded_at, id)` pairs, the last one is the newest) and `meta`
-//! (the next id, the stored bytes, the key configuration the index was built with). Every write is
-//! one transaction committed with immediate durability before it returns.
+//! oldest), `index` (match key → `(recorded_at, id)` pairs, the last one is the newest),
+//! `by_time` (`(recorded_at, id)`, for TTL expiry) and `meta` (the next id, the stored bytes, the
+//! key configuration the index was built with). Every write is one transaction committed with
+//! immediate durability before it returns.
+//!
+//! Retention ([`Retention`]): at most `keep_per_key` recordings per match key (the newest by
+//! `recorded_at` win: an upsert), recordings older than `ttl` are never served and are deleted by
+//! [`Store::expire`], and the oldest go first when the store is over its byte cap.
 
 use std::path::{Path, PathBuf};
 
 use redb::{
-    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
 };
 
 use crate::config::MatchKeyConfig;
@@ -18,12 +23,17 @@ use crate::recording::Recording;
 
 const RECORDINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("recordings");
 const INDEX: MultimapTableDefinition<&[u8], (u64, u64)> = MultimapTableDefinition::new("index");
+const BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("by_time");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 
 const NEXT_ID: &str = "next_id";
 const BYTES: &str = "bytes";
 const KEY_CONFIG: &str = "key_config";
+
+/// The database's page cache. redb's default (1 GiB) would let the cache alone fill a pod's
+/// memory limit as the store grows; the OS page cache still holds what is read often.
+pub const CACHE_BYTES: usize = 64 << 20;
 
 /// The database file inside the data folder.
 pub const FILE_NAME: &str = "recordings.redb";
@@ -101,6 +111,87 @@ pub struct Inserted {
     pub ids: Vec<u64>,
     /// Recordings evicted to stay under the cap.
     pub evicted: u64,
+    /// Recordings removed because a newer one with the same key replaced them (an imported
+    /// recording older than the ones its key keeps is itself the one removed).
+    pub replaced: u64,
+}
+
+/// How long recordings are kept, and how many per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Recordings kept per match key, newest by `recorded_at` first; 0 keeps every one (the
+    /// newest is still the one served).
+    pub keep_per_key: u64,
+    /// Recordings older than this are not served and are deleted by [`Store::expire`]; `None`
+    /// keeps them until the size cap evicts them.
+    pub ttl: Option<std::time::Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_per_key: 1,
+            ttl: None,
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The tables a write changes, opened in one transaction.
+struct Tables<'t> {
+    recordings: redb::Table<'t, u64, &'static [u8]>,
+    index: redb::MultimapTable<'t, &'static [u8], (u64, u64)>,
+    by_time: redb::Table<'t, (u64, u64), ()>,
+}
+
+impl Tables<'_> {
+    fn open(txn: &redb::WriteTransaction) -> Result<Tables<'_>, StoreError> {
+        Ok(Tables {
+            recordings: txn.open_table(RECORDINGS)?,
+            index: txn.open_multimap_table(INDEX)?,
+            by_time: txn.open_table(BY_TIME)?,
+        })
+    }
+
+    fn add(&mut self, key: &KeyHash, rec: &Recording, value: &[u8]) -> Result<(), StoreError> {
+        let at = rec.recorded_at_unix_nanos;
+        self.recordings.insert(rec.id, value)?;
+        self.index.insert(key.as_slice(), (at, rec.id))?;
+        self.by_time.insert((at, rec.id), ())?;
+        Ok(())
+    }
+
+    /// Removes one recording from every table; its stored size, or `None` when there was none.
+    fn remove(&mut self, id: u64, key_config: &MatchKeyConfig) -> Result<Option<u64>, StoreError> {
+        let Some(value) = self.recordings.remove(id)?.map(|v| v.value().to_vec()) else {
+            return Ok(None);
+        };
+        if let Ok(rec) = decode(id, &value) {
+            let at = rec.recorded_at_unix_nanos;
+            self.index
+                .remove(rec.key(key_config).as_slice(), (at, id))?;
+            self.by_time.remove((at, id))?;
+        }
+        Ok(Some(value.len() as u64))
+    }
+
+    /// Keeps the newest `keep` entries of `key`; the ids removed.
+    fn trim_key(&mut self, key: &KeyHash, keep: u64) -> Result<Vec<u64>, StoreError> {
+        let mut entries = Vec::new();
+        for entry in self.index.get(key.as_slice())? {
+            entries.push(entry?.value());
+        }
+        let excess = (entries.len() as u64).saturating_sub(keep);
+        let excess = usize::try_from(excess).unwrap_or(usize::MAX);
+        // Entries come sorted by (recorded_at, id): the first are the oldest.
+        Ok(entries.into_iter().take(excess).map(|(_, id)| id).collect())
+    }
 }
 
 /// The store. Cheap to share behind an `Arc`; every method blocks, call it off the async runtime.
@@ -109,6 +200,7 @@ pub struct Store {
     path: PathBuf,
     key: MatchKeyConfig,
     max_bytes: u64,
+    retention: Retention,
     /// Durable commits of recordings made so far (metrics).
     commits: std::sync::atomic::AtomicU64,
 }
@@ -139,12 +231,15 @@ impl Store {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path)?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)?;
         let store = Store {
             db,
             path,
             key,
             max_bytes,
+            retention: Retention::default(),
             commits: std::sync::atomic::AtomicU64::new(0),
         };
         store.prepare()?;
@@ -157,6 +252,7 @@ impl Store {
             txn.open_table(RECORDINGS)?;
             txn.open_table(META)?;
             txn.open_multimap_table(INDEX)?;
+            txn.open_table(BY_TIME)?;
             let mut settings = txn.open_table(SETTINGS)?;
             let want = fingerprint(&self.key);
             let have = settings.get(KEY_CONFIG)?.map(|v| v.value().to_owned());
@@ -165,17 +261,18 @@ impl Store {
                     tracing::info!("match key configuration changed: re-indexing recordings");
                 }
                 txn.delete_multimap_table(INDEX)?;
+                txn.delete_table(BY_TIME)?;
                 let mut index = txn.open_multimap_table(INDEX)?;
+                let mut by_time = txn.open_table(BY_TIME)?;
                 let recordings = txn.open_table(RECORDINGS)?;
                 for entry in recordings.iter()? {
                     let (id, value) = entry?;
                     let id = id.value();
                     match decode(id, value.value()) {
                         Ok(rec) => {
-                            index.insert(
-                                rec.key(&self.key).as_slice(),
-                                (rec.recorded_at_unix_nanos, id),
-                            )?;
+                            let at = rec.recorded_at_unix_nanos;
+                            index.insert(rec.key(&self.key).as_slice(), (at, id))?;
+                            by_time.insert((at, id), ())?;
                         }
                         Err(e) => tracing::warn!(error = %e, "skipping corrupt recording"),
                     }
@@ -187,9 +284,28 @@ impl Store {
         Ok(())
     }
 
+    /// Sets how long recordings are kept and how many per key (applied from the next write;
+    /// a TTL applies to lookups at once).
+    pub fn with_retention(mut self, retention: Retention) -> Store {
+        self.retention = retention;
+        self
+    }
+
     /// The match key configuration.
     pub fn key_config(&self) -> &MatchKeyConfig {
         &self.key
+    }
+
+    /// The retention rules.
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    /// The oldest `recorded_at` still served at `now`.
+    fn fresh_since(&self, now: u64) -> u64 {
+        self.retention.ttl.map_or(0, |ttl| {
+            now.saturating_sub(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+        })
     }
 
     /// Stores recordings in one durable transaction (ids are assigned here), then evicts the
@@ -216,8 +332,7 @@ impl Store {
         let mut results: Vec<Result<Inserted, StoreError>> = Vec::with_capacity(groups.len());
         let txn = self.db.begin_write()?;
         {
-            let mut table = txn.open_table(RECORDINGS)?;
-            let mut index = txn.open_multimap_table(INDEX)?;
+            let mut tables = Tables::open(&txn)?;
             let mut meta = txn.open_table(META)?;
             let mut next_id = meta.get(NEXT_ID)?.map_or(1, |v| v.value());
             let mut bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
@@ -247,31 +362,30 @@ impl Store {
                 }
                 let mut out = Inserted::default();
                 for (rec, value) in encoded {
-                    table.insert(rec.id, value.as_slice())?;
-                    index.insert(
-                        rec.key(&self.key).as_slice(),
-                        (rec.recorded_at_unix_nanos, rec.id),
-                    )?;
+                    let key = rec.key(&self.key);
+                    tables.add(&key, &rec, &value)?;
                     bytes = bytes.saturating_add(value.len() as u64);
                     out.ids.push(rec.id);
                     next_id = rec.id.saturating_add(1);
+                    if self.retention.keep_per_key > 0 {
+                        for old in tables.trim_key(&key, self.retention.keep_per_key)? {
+                            if let Some(size) = tables.remove(old, &self.key)? {
+                                bytes = bytes.saturating_sub(size);
+                                out.replaced += 1;
+                            }
+                        }
+                    }
                 }
                 results.push(Ok(out));
             }
             let mut evicted = 0;
             while bytes > self.max_bytes {
-                let Some((id, value)) = table.pop_first()? else {
+                let Some(first) = tables.recordings.first()?.map(|(id, _)| id.value()) else {
                     bytes = 0;
                     break;
                 };
-                let (id, value) = (id.value(), value.value().to_vec());
-                bytes = bytes.saturating_sub(value.len() as u64);
-                if let Ok(rec) = decode(id, &value) {
-                    index.remove(
-                        rec.key(&self.key).as_slice(),
-                        (rec.recorded_at_unix_nanos, id),
-                    )?;
-                }
+                let size = tables.remove(first, &self.key)?.unwrap_or(0);
+                bytes = bytes.saturating_sub(size);
                 evicted += 1;
             }
             if let Some(Ok(last)) = results.iter_mut().rev().find(|r| r.is_ok()) {
@@ -286,14 +400,48 @@ impl Store {
         Ok(results)
     }
 
-    /// The newest recording with this key.
+    /// Deletes recordings older than the TTL at `now` (Unix nanoseconds), at most `limit` in one
+    /// transaction; how many were deleted. Nothing without a TTL.
+    pub fn expire(&self, now: u64, limit: usize) -> Result<u64, StoreError> {
+        if self.retention.ttl.is_none() {
+            return Ok(0);
+        }
+        let cutoff = self.fresh_since(now);
+        let txn = self.db.begin_write()?;
+        let mut expired = 0;
+        {
+            let mut tables = Tables::open(&txn)?;
+            let mut old = Vec::new();
+            for entry in tables.by_time.range(..(cutoff, 0))?.take(limit) {
+                old.push(entry?.0.value().1);
+            }
+            let mut meta = txn.open_table(META)?;
+            let mut bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
+            for id in old {
+                if let Some(size) = tables.remove(id, &self.key)? {
+                    bytes = bytes.saturating_sub(size);
+                    expired += 1;
+                }
+            }
+            meta.insert(BYTES, bytes)?;
+        }
+        txn.commit()?;
+        Ok(expired)
+    }
+
+    /// The newest recording with this key, unless it is older than the TTL (lazy expiry: an
+    /// expired recording is a miss even before [`Store::expire`] deletes it).
     pub fn lookup(&self, key: &KeyHash) -> Result<Option<Recording>, StoreError> {
+        let fresh_since = self.fresh_since(now_unix_nanos());
         let txn = self.db.begin_read()?;
         let index = txn.open_multimap_table(INDEX)?;
         let table = txn.open_table(RECORDINGS)?;
         let mut candidates = index.get(key.as_slice())?;
         while let Some(entry) = candidates.next_back() {
-            let (_, id) = entry?.value();
+            let (at, id) = entry?.value();
+            if at < fresh_since {
+                return Ok(None);
+            }
             if let Some(value) = table.get(id)? {
                 return decode(id, value.value()).map(Some);
             }
@@ -324,9 +472,17 @@ impl Store {
         Ok((total, out))
     }
 
-    /// Every recording, oldest first.
-    pub fn all(&self) -> Result<Vec<Recording>, StoreError> {
-        self.list(0, u64::MAX).map(|(_, all)| all)
+    /// Up to `limit` stored recordings with an id above `after`, in id order, as stored (their
+    /// JSON form, which carries their id): the export's page.
+    pub fn raw_page(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RECORDINGS)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for entry in table.range(after.saturating_add(1)..)?.take(limit) {
+            let (id, value) = entry?;
+            out.push((id.value(), value.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// Deletes one recording; false when there was none.
@@ -334,20 +490,13 @@ impl Store {
         let txn = self.db.begin_write()?;
         let found;
         {
-            let mut table = txn.open_table(RECORDINGS)?;
-            let mut index = txn.open_multimap_table(INDEX)?;
+            let mut tables = Tables::open(&txn)?;
             let mut meta = txn.open_table(META)?;
-            let removed = table.remove(id)?.map(|v| v.value().to_vec());
+            let removed = tables.remove(id, &self.key)?;
             found = removed.is_some();
-            if let Some(value) = removed {
+            if let Some(size) = removed {
                 let bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
-                meta.insert(BYTES, bytes.saturating_sub(value.len() as u64))?;
-                if let Ok(rec) = decode(id, &value) {
-                    index.remove(
-                        rec.key(&self.key).as_slice(),
-                        (rec.recorded_at_unix_nanos, id),
-                    )?;
-                }
+                meta.insert(BYTES, bytes.saturating_sub(size))?;
             }
         }
         txn.commit()?;
@@ -362,8 +511,8 @@ impl Store {
             count = txn.open_table(RECORDINGS)?.len()?;
             txn.delete_table(RECORDINGS)?;
             txn.delete_multimap_table(INDEX)?;
-            txn.open_table(RECORDINGS)?;
-            txn.open_multimap_table(INDEX)?;
+            txn.delete_table(BY_TIME)?;
+            Tables::open(&txn)?;
             txn.open_table(META)?.insert(BYTES, 0)?;
         }
         txn.commit()?;
@@ -413,10 +562,21 @@ mod tests {
         }
     }
 
+    impl Store {
+        fn all_for_test(&self) -> Vec<Recording> {
+            self.list(0, u64::MAX).unwrap().1
+        }
+    }
+
     #[test]
     fn newest_wins_delete_falls_back_and_cap_evicts_oldest() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), MatchKeyConfig::default(), 1 << 20).unwrap();
+        let store = Store::open(dir.path(), MatchKeyConfig::default(), 1 << 20)
+            .unwrap()
+            .with_retention(Retention {
+                keep_per_key: 0,
+                ..Retention::default()
+            });
         let ids = store
             .insert(vec![rec("/a", 2, "new"), rec("/a", 1, "old")])
             .unwrap()
@@ -443,6 +603,74 @@ mod tests {
             .lookup(&rec("/x", 0, "").key(store.key_config()))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn latest_wins_per_key_and_keep_per_key_keeps_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), MatchKeyConfig::default(), 1 << 20).unwrap();
+        let key = rec("/a", 0, "").key(store.key_config());
+        store.insert(vec![rec("/a", 5, "first")]).unwrap();
+        let second = store.insert(vec![rec("/a", 6, "second")]).unwrap();
+        assert_eq!(second.replaced, 1);
+        assert_eq!(store.stats().unwrap().recordings, 1);
+        assert_eq!(
+            store.lookup(&key).unwrap().unwrap().response.body.0,
+            b"second"
+        );
+        let older = store.insert(vec![rec("/a", 1, "imported, older")]).unwrap();
+        assert_eq!(older.replaced, 1, "the older import is the one dropped");
+        assert_eq!(
+            store.lookup(&key).unwrap().unwrap().response.body.0,
+            b"second"
+        );
+        let one = store.stats().unwrap().bytes;
+        assert_eq!(
+            one,
+            serde_json::to_vec(&store.all_for_test()[0]).unwrap().len() as u64
+        );
+        drop(store);
+
+        let history = Retention {
+            keep_per_key: 0,
+            ..Retention::default()
+        };
+        let store = Store::open(dir.path(), MatchKeyConfig::default(), 1 << 20)
+            .unwrap()
+            .with_retention(history);
+        store.insert(vec![rec("/a", 7, "third")]).unwrap();
+        store.insert(vec![rec("/a", 8, "fourth")]).unwrap();
+        assert_eq!(store.stats().unwrap().recordings, 3);
+        assert_eq!(
+            store.lookup(&key).unwrap().unwrap().response.body.0,
+            b"fourth"
+        );
+    }
+
+    #[test]
+    fn expired_recordings_are_misses_then_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = std::time::Duration::from_secs(60);
+        let store = Store::open(dir.path(), MatchKeyConfig::default(), 1 << 20)
+            .unwrap()
+            .with_retention(Retention {
+                ttl: Some(ttl),
+                ..Retention::default()
+            });
+        let now = now_unix_nanos();
+        let old = now - 61_000_000_000;
+        store
+            .insert(vec![rec("/old", old, "o"), rec("/new", now, "n")])
+            .unwrap();
+        let key = |p: &str| rec(p, 0, "").key(store.key_config());
+        assert!(store.lookup(&key("/old")).unwrap().is_none(), "lazy expiry");
+        assert!(store.lookup(&key("/new")).unwrap().is_some());
+        assert_eq!(store.stats().unwrap().recordings, 2);
+        assert_eq!(store.expire(now, 100).unwrap(), 1);
+        assert_eq!(store.stats().unwrap().recordings, 1);
+        assert_eq!(store.expire(now, 100).unwrap(), 0);
+        assert_eq!(store.expire(now + 61_000_000_000, 100).unwrap(), 1);
+        assert_eq!(store.stats().unwrap().bytes, 0);
     }
 
     #[test]

@@ -162,6 +162,48 @@ async fn export_and_import_move_a_session_between_machines() {
 }
 
 #[tokio::test]
+async fn imports_stream_past_the_body_limit_and_hold_each_recording_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Server::start(&dir.path().join("a"), &["--max-body-bytes", "131072"]).await;
+    let big = vec![b'r'; 64 << 10];
+    let n = 40;
+    for i in 0..n {
+        record(&a, &Exchange::get(&format!("/big/{i}"), &big)).await;
+    }
+    let doc = client().get(a.at("/admin/export")).send().await.unwrap();
+    assert_eq!(doc.status(), 200);
+    let doc = doc.bytes().await.unwrap().to_vec();
+    assert!(doc.len() > 2 << 20, "a document far over the body limit");
+
+    let b = Server::start(&dir.path().join("b"), &["--max-body-bytes", "131072"]).await;
+    let r = post_request(&b.at("/admin/import"), JSON, gzip(&doc))
+        .header("content-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Json = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["imported"], n);
+    assert_eq!(
+        lookup(&b, &Exchange::get("/big/39", b""))
+            .await
+            .unwrap()
+            .body,
+        big
+    );
+
+    let huge = Exchange::get("/huge", &vec![b'h'; 200 << 10]);
+    let c = Server::start(&dir.path().join("c"), &[]).await;
+    record(&c, &huge).await;
+    let doc = client().get(c.at("/admin/export")).send().await.unwrap();
+    let doc = doc.bytes().await.unwrap().to_vec();
+    let r = post(&b.at("/admin/import"), JSON, doc).await;
+    assert_eq!(r.status(), 413);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("larger than 131072 bytes"), "{text}");
+}
+
+#[tokio::test]
 async fn cli_export_refuses_a_store_held_by_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

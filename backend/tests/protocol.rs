@@ -153,6 +153,74 @@ async fn ignored_query_params_are_left_out_of_the_key() {
 }
 
 #[tokio::test]
+async fn one_callers_recording_never_answers_another_caller() {
+    let (_dir, server) = start(&[]).await;
+    // Recorded through the filter: credentials arrive redacted.
+    let alice = Exchange::get("/me", b"alice's profile").with_req_header(
+        "authorization",
+        "sha256:6a2f1ac61b6bb82e5c9bd2fe1a6b1b1e9b43cfe2a5ed9c16f64dd31f0ee3b1c2",
+    );
+    record(&server, &alice).await;
+    assert_eq!(
+        lookup(&server, &alice).await.unwrap().body,
+        b"alice's profile"
+    );
+    for (name, value) in [
+        ("authorization", "Bearer bob"),
+        (
+            "authorization",
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+        ("cookie", "session=alice"),
+        ("x-api-key", "k"),
+    ] {
+        let other = Exchange::get("/me", b"").with_req_header(name, value);
+        assert!(lookup(&server, &other).await.is_none(), "{name}: {value}");
+    }
+    assert!(lookup(&server, &Exchange::get("/me", b"")).await.is_none());
+
+    // A peer that does not redact: the raw value and its redacted form are one caller.
+    let raw = Exchange::get("/raw", b"carol").with_req_header("cookie", "session=carol");
+    record(&server, &raw).await;
+    let redacted = format!("sha256:{}", sha256_hex(b"session=carol"));
+    let same = Exchange::get("/raw", b"").with_req_header("cookie", &redacted);
+    assert_eq!(lookup(&server, &same).await.unwrap().body, b"carol");
+
+    // The opt-out: callers share recordings.
+    let (_dir2, shared) = start_with_config("key.toml", "[match_key]\ncaller_headers = []\n").await;
+    record(&shared, &alice).await;
+    let bob = Exchange::get("/me", b"").with_req_header("authorization", "Bearer bob");
+    assert_eq!(
+        lookup(&shared, &bob).await.unwrap().body,
+        b"alice's profile"
+    );
+}
+
+#[tokio::test]
+async fn the_latest_recording_replaces_the_one_before_and_ttl_expires_it() {
+    let (_dir, server) = start_with_config("r.toml", "[retention]\nttl_seconds = 1\n").await;
+    record(&server, &Exchange::get("/v", b"one")).await;
+    record(&server, &Exchange::get("/v", b"two")).await;
+    assert_eq!(
+        lookup(&server, &Exchange::get("/v", b""))
+            .await
+            .unwrap()
+            .body,
+        b"two"
+    );
+    assert_eq!(list(&server, "").await["total"], 1, "an upsert, not a pile");
+    assert_eq!(metric(&server, "backend_replaced_total").await, 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(lookup(&server, &Exchange::get("/v", b"")).await.is_none());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(&server, "backend_expired_total").await < 1 {
+        assert!(std::time::Instant::now() < deadline, "never deleted");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(list(&server, "").await["total"], 0);
+}
+
+#[tokio::test]
 async fn configured_headers_enter_the_key() {
     let (_dir, server) = start_with_config(
         "key.json",
@@ -265,12 +333,6 @@ async fn json_record_and_json_answers() {
     assert_eq!(r.headers()["content-type"], JSON);
     assert_eq!(read_json_answer(&r.bytes().await.unwrap()).body, binary());
     assert_eq!(lookup(&server, &e).await.unwrap().body, binary());
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
 }
 
 #[tokio::test]

@@ -379,10 +379,14 @@ async fn miss_record_hit(shape: Shape) {
         })
         .await
         .unwrap();
-    let req = RawRequest::new("POST", "/v1/prices?region=eu")
-        .header("content-type", "application/json")
-        .header("x-softprobe-session-id", "sess-e2e")
-        .body(Body::ContentLength(vec![body]));
+    let as_user = |token: &str| {
+        RawRequest::new("POST", "/v1/prices?region=eu")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .header("x-softprobe-session-id", "sess-e2e")
+            .body(Body::ContentLength(vec![body.clone()]))
+    };
+    let req = as_user("alice");
     let ctx = shape.name();
 
     let first = raw::send(rig.site(), &req, T).await.unwrap();
@@ -420,9 +424,23 @@ async fn miss_record_hit(shape: Shape) {
         "{ctx}: the upstream is not called on a hit"
     );
 
+    // Another user, same session and request: never the first user's recording.
+    let bob = raw::send(rig.site(), &as_user("bob"), T).await.unwrap();
+    assert_eq!(
+        bob.header("x-softprobe-cache"),
+        None,
+        "{ctx}: users are apart"
+    );
+    assert_eq!(
+        rig.up.served().await.unwrap(),
+        2,
+        "{ctx}: bob reached the upstream"
+    );
+
     // Another session: not the first session's recording.
     let other = RawRequest::new("POST", "/v1/prices?region=eu")
         .header("content-type", "application/json")
+        .header("authorization", "Bearer alice")
         .header("x-softprobe-session-id", "sess-other")
         .body(Body::ContentLength(vec![br#"{"sku":42,"qty":1}"#.to_vec()]));
     let third = raw::send(rig.site(), &other, T).await.unwrap();
@@ -431,7 +449,7 @@ async fn miss_record_hit(shape: Shape) {
         None,
         "{ctx}: sessions are apart"
     );
-    assert_eq!(rig.up.served().await.unwrap(), 2, "{ctx}");
+    assert_eq!(rig.up.served().await.unwrap(), 3, "{ctx}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -591,3 +591,20 @@ pub async fn get_json(server: &Server, path: &str) -> Json {
     assert_eq!(r.status(), 200, "GET {path}");
     serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
 }
+
+/// `data` gzip-compressed.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// Lower-case hex SHA-256 of `data` (the filter's redaction, computed independently).
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
