@@ -13,7 +13,12 @@
 //!   the served body is that lossy text;
 //! - `session-tracestate`, `no-session` (sp-istio-wasm): the agent invents a session, so the
 //!   same request with its real session (or none) is a miss, as it should be;
-//! - `octet-response`, `latin1-header`, `after-latin1-probe`: the agents posted no record.
+//! - `octet-response`, `latin1-header`, `after-latin1-probe`: the agents posted no record;
+//! - `auth-headers`: both agents drop `authorization` and `cookie` from what they record, so the
+//!   recording no longer says which caller it was made for. Our backend's default match key holds
+//!   the caller's credentials (one user's recording is never served to another), so the same
+//!   request with those credentials is a miss, as it should be (`caller_headers = []` in the
+//!   backend's config shares recordings between callers, and makes it a hit).
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
@@ -118,10 +123,12 @@ fn check(case: &Case, status: u16, headers: &[(String, Vec<u8>)], body: &[u8]) -
     errors
 }
 
-/// Cases whose recording is not the same request with the same session (the agent changed it).
+/// Cases whose recording is not the same request with the same session and caller (the agent
+/// changed it: invented a session, or dropped the caller's credentials).
 fn recording_differs(case: &Case) -> bool {
-    case.agent == "sp-istio-wasm"
-        && matches!(case.name.as_str(), "session-tracestate" | "no-session")
+    (case.agent == "sp-istio-wasm"
+        && matches!(case.name.as_str(), "session-tracestate" | "no-session"))
+        || case.name == "auth-headers"
 }
 
 async fn load_records(backend: &RealBackend, cases: &[&Case]) -> Result<u64> {
@@ -312,7 +319,7 @@ async fn agent_recordings_are_hits(shape: Shape) {
             if recording_differs(case) {
                 if hit || !upstream_called {
                     errors.push(format!(
-                        "{}: the agent recorded another session, so this must be a miss",
+                        "{}: the agent recorded another session or dropped the caller, so this must be a miss",
                         case.id()
                     ));
                 }
@@ -334,7 +341,7 @@ async fn agent_recordings_are_hits(shape: Shape) {
             );
         }
         let expected = recorded.iter().filter(|c| !recording_differs(c)).count();
-        assert!(expected >= 9, "{agent}: {expected} recordings to replay");
+        assert!(expected >= 8, "{agent}: {expected} recordings to replay");
         assert!(
             errors.is_empty() && hits == expected,
             "{} / {agent}: {hits} of {expected} hits\n  {}\n--- backend ---\n{}",
