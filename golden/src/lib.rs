@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use filter_core::codec::{self, Format, SpanIds};
-use filter_core::engine::{Decision, Engine, Flow, LookupResult, Node, Services, Stream};
+use filter_core::engine::{
+    Decision, Engine, Flow, LookupResult, Node, RecordResult, Services, Stream,
+};
 use filter_core::http::{Header, Response};
 use filter_core::metrics::{AtomicCounters, Counter, LookupFailure};
 use filter_core::otlp::{self, Value};
@@ -66,9 +68,25 @@ pub struct Case {
     pub config: Json,
     pub request: Request,
     pub backend: Backend,
+    /// How the backend answers the record (`/v1/traces`); default 200.
+    #[serde(default)]
+    pub record: RecordAnswer,
     #[serde(default)]
     pub upstream: Upstream,
     pub expect: Expect,
+}
+
+/// How the backend answers a record.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RecordAnswer {
+    /// 200.
+    #[default]
+    Ok,
+    /// This status with an empty body.
+    Status { status: u16 },
+    /// No answer before the record timeout.
+    Timeout,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +102,13 @@ pub struct Request {
     /// The body, as the chunks the client sends (none: no body).
     #[serde(default)]
     pub body: Vec<Bytes>,
+    /// The client hangs up once the backend has the lookup, before any answer: nothing is
+    /// checked on the client's side, the rest must hold (and the filter must not crash).
+    #[serde(default)]
+    pub reset_during_lookup: bool,
+    /// Sent over HTTP/2 (prior knowledge) instead of HTTP/1.1.
+    #[serde(default)]
+    pub http2: bool,
 }
 
 fn default_authority() -> String {
@@ -137,6 +162,8 @@ pub enum Backend {
     Undecodable,
     /// No answer before the lookup timeout.
     Timeout,
+    /// A hit that arrives after the lookup timed out (a real backend: 200 ms after it).
+    Late { response: Recorded },
     /// The backend's port refuses connections.
     Refused,
 }
@@ -215,6 +242,9 @@ pub struct Expect {
     /// Engine counters after the case (checked where the host exposes them).
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
+    /// Headers every call to the backend (lookup and record) must carry with these values.
+    #[serde(default)]
+    pub backend_headers: Vec<(String, Bytes)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +327,8 @@ pub struct Observed {
     pub extract: Vec<(Option<String>, Vec<u8>)>,
     /// Engine counters by name, where the host exposes them.
     pub counters: Option<BTreeMap<String, u64>>,
+    /// Request headers of every call the backend received (lookups and records).
+    pub backend_headers: Vec<Vec<Header>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -386,6 +418,10 @@ pub fn backend_answer(b: &Backend) -> Option<(u16, String, Vec<u8>)> {
             "application/x-protobuf".into(),
             b"\xff\xfe this is not a protobuf message \x00\x01".to_vec(),
         )),
+        Backend::Late { response } => backend_answer(&Backend::Hit {
+            response: response.clone(),
+            json: false,
+        }),
         Backend::Timeout | Backend::Refused => None,
     }
 }
@@ -483,7 +519,19 @@ impl Sim<'_> {
                 }
             }
             if let Some(callout) = &d.effects.lookup {
-                pending = Some(self.lookup(&callout.body)?);
+                if self.case.request.reset_during_lookup {
+                    // The client is gone: Envoy resets the stream, the lookup is cancelled.
+                    self.obs
+                        .inject
+                        .push((Some("application/x-protobuf".into()), callout.body.clone()));
+                    self.obs.backend_headers.push(callout_headers(callout));
+                    let d = self.stream.on_reset();
+                    if d.effects.lookup.is_some() || d.effects.reply.is_some() {
+                        return Err("the engine acted on a reset stream".into());
+                    }
+                    return Ok(());
+                }
+                pending = Some(self.lookup(callout)?);
                 continue;
             }
             // Feed the next chunk; what it returns decides whether it is held.
@@ -508,13 +556,17 @@ impl Sim<'_> {
         self.upstream()
     }
 
-    fn lookup(&mut self, body: &[u8]) -> Result<Decision, String> {
+    fn lookup(&mut self, callout: &filter_core::engine::Callout) -> Result<Decision, String> {
         self.obs
             .inject
-            .push((Some("application/x-protobuf".into()), body.to_vec()));
+            .push((Some("application/x-protobuf".into()), callout.body.clone()));
+        self.obs.backend_headers.push(callout_headers(callout));
         let answer = backend_answer(&self.case.backend);
         let result = match (&self.case.backend, &answer) {
-            (Backend::Timeout, _) => LookupResult::Failed(LookupFailure::Timeout),
+            // The host's timeout fires first; the late answer is never delivered.
+            (Backend::Timeout | Backend::Late { .. }, _) => {
+                LookupResult::Failed(LookupFailure::Timeout)
+            }
             (Backend::Refused, _) => LookupResult::Failed(LookupFailure::Transport),
             (_, Some((status, ct, body))) => LookupResult::Answer {
                 status: *status,
@@ -600,9 +652,16 @@ impl Sim<'_> {
                     .records()
                     .next()
                     .ok_or("no queued record")?;
+                self.obs.backend_headers.push(callout_headers(&out.callout));
                 self.obs
                     .extract
                     .push((Some("application/x-protobuf".into()), out.callout.body));
+                let result = match (&self.case.backend, &self.case.record) {
+                    (Backend::Refused, _) | (_, RecordAnswer::Timeout) => RecordResult::Failed,
+                    (_, RecordAnswer::Ok) => RecordResult::Status(200),
+                    (_, RecordAnswer::Status { status }) => RecordResult::Status(*status),
+                };
+                self.stream.engine().records().finish(out.ticket, result);
             }
         }
         self.obs.client_status = up.status;
@@ -610,6 +669,16 @@ impl Sim<'_> {
         self.obs.client_body = body;
         Ok(())
     }
+}
+
+/// A callout's headers as the backend receives them (pseudo-headers left out).
+fn callout_headers(callout: &filter_core::engine::Callout) -> Vec<Header> {
+    callout
+        .headers
+        .iter()
+        .filter(|(n, _)| !n.starts_with(':'))
+        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -758,6 +827,14 @@ fn show(b: &[u8]) -> String {
 /// Checks what the parties saw against the case. Returns every mismatch, empty when all is well.
 pub fn verify(case: &Case, obs: &Observed) -> Vec<String> {
     let mut errors = Vec::new();
+    if !case.request.reset_during_lookup {
+        verify_client(case, obs, &mut errors);
+    }
+    verify_rest(case, obs, &mut errors);
+    errors
+}
+
+fn verify_client(case: &Case, obs: &Observed, errors: &mut Vec<String>) {
     let e = &case.expect;
     let req = &case.request;
     if obs.client_status != e.client.status {
@@ -809,6 +886,11 @@ pub fn verify(case: &Case, obs: &Observed) -> Vec<String> {
             errors.push(format!("client: header `{name}` must be absent"));
         }
     }
+}
+
+fn verify_rest(case: &Case, obs: &Observed, errors: &mut Vec<String>) {
+    let e = &case.expect;
+    let req = &case.request;
     match (&obs.upstream, e.upstream_called) {
         (None, true) => errors.push("upstream: expected the request, got none".into()),
         (Some(_), false) => errors.push("upstream: expected no request, got one".into()),
@@ -877,7 +959,7 @@ pub fn verify(case: &Case, obs: &Observed) -> Vec<String> {
                 "{what}: expected no call to the backend, got {}",
                 got.len()
             )),
-            (Some(x), [one]) => verify_span(what, x, one, &mut errors),
+            (Some(x), [one]) => verify_span(what, x, one, errors),
             (Some(_), got) => errors.push(format!(
                 "{what}: expected one call to the backend, got {}",
                 got.len()
@@ -895,5 +977,19 @@ pub fn verify(case: &Case, obs: &Observed) -> Vec<String> {
             }
         }
     }
-    errors
+    if !e.backend_headers.is_empty() && obs.backend_headers.is_empty() {
+        errors.push("backend: expected calls carrying headers, got none".into());
+    }
+    for (i, call) in obs.backend_headers.iter().enumerate() {
+        for (name, value) in &e.backend_headers {
+            let value = value.to_vec();
+            if !find(call, name).any(|v| v == value.as_slice()) {
+                let got: Vec<String> = find(call, name).map(show).collect();
+                errors.push(format!(
+                    "backend call {i}: header `{name}`: expected {}, got {got:?}",
+                    show(&value)
+                ));
+            }
+        }
+    }
 }

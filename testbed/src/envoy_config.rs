@@ -82,6 +82,7 @@ pub(crate) fn listener(
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {stat_prefix}
           codec_type: AUTO
+          upgrade_configs: [{{ upgrade_type: websocket }}]
 {access_log}          route_config:
             name: local_route
             virtual_hosts:

@@ -13,6 +13,7 @@ pub mod demo_upstream;
 pub mod envoy;
 pub mod envoy_config;
 pub mod fake_backend;
+pub mod h2c;
 pub mod header;
 pub mod http1;
 pub mod interop;

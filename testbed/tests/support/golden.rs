@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use anyhow::{bail, Context, Result};
-use golden::{self, Backend, Case, Observed, UpstreamSaw};
+use golden::{self, Backend, Case, Observed, RecordAnswer, UpstreamSaw};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use testbed::demo_upstream::model::Script;
 use testbed::fake_backend::model::Behaviour;
+use testbed::h2c::{self, H2Request};
 use testbed::raw::{self, Body, RawRequest};
 use testbed::shape::REFUSED_CLUSTER;
 use testbed::sidecar::Sidecar;
@@ -144,6 +145,36 @@ impl Rig {
         }
     }
 
+    /// Sends the request, waits until the backend has its lookup, then hangs up; the response
+    /// is empty (status 0). Gives the filter a moment to see the reset.
+    async fn send_and_reset_during_lookup(
+        &self,
+        addr: SocketAddr,
+        req: &RawRequest,
+    ) -> Result<raw::RawResponse> {
+        let mut conn = raw::RawConnection::connect(addr).await?;
+        conn.send_request(req).await?;
+        let deadline = Instant::now() + T;
+        while self.backend.received_on("/v1/inject").await?.is_empty() {
+            if Instant::now() > deadline {
+                bail!("the lookup never reached the backend");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(conn);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(raw::RawResponse {
+            status: 0,
+            reason: Vec::new(),
+            headers: Vec::new(),
+            raw_head: Vec::new(),
+            body: Vec::new(),
+            trailers: Vec::new(),
+            informational: Vec::new(),
+            extra: Vec::new(),
+        })
+    }
+
     /// Runs one case; returns the mismatches.
     async fn run(&self, case: &Case, base: &Json) -> Result<Vec<String>> {
         let site = self.site(&self.shape.plugin_config(&case_config(case, base)))?;
@@ -164,6 +195,21 @@ impl Rig {
         let behaviour = match &case.backend {
             Backend::Timeout => Behaviour::Timeout,
             Backend::Refused => Behaviour::Miss,
+            late @ Backend::Late { .. } => {
+                let (_, content_type, body) =
+                    golden::backend_answer(late).context("no answer for a late hit")?;
+                let config = golden::case_config(case, base);
+                let timeout = config["backend"]["lookup_timeout_ms"]
+                    .as_u64()
+                    .unwrap_or(500);
+                Behaviour::slow(
+                    timeout + 200,
+                    Behaviour::Hit {
+                        content_type,
+                        body_base64: body,
+                    },
+                )
+            }
             b => match golden::backend_answer(b) {
                 Some((200, content_type, body)) => Behaviour::Hit {
                     content_type,
@@ -179,6 +225,13 @@ impl Rig {
             },
         };
         self.backend.set_inject(&behaviour).await?;
+        self.backend
+            .set_traces(&match case.record {
+                RecordAnswer::Ok => Behaviour::status(200),
+                RecordAnswer::Status { status } => Behaviour::status(status),
+                RecordAnswer::Timeout => Behaviour::Timeout,
+            })
+            .await?;
         self.up.clear_requests().await?;
         self.backend.clear_received().await?;
         let before = self.counters(site).await?;
@@ -197,7 +250,21 @@ impl Rig {
             _ => Body::Chunked(chunks),
         };
         raw_req.chunk_delay = Duration::from_millis(5);
-        let resp = raw::send(site.listener, &raw_req, T).await?;
+        let resp = if req.reset_during_lookup {
+            self.send_and_reset_during_lookup(site.listener, &raw_req)
+                .await?
+        } else if req.http2 {
+            let h2 = H2Request {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                authority: req.authority.clone(),
+                headers: raw_req.headers.iter().skip(1).cloned().collect(),
+                body: req.body.iter().map(|b| b.to_vec()).collect(),
+            };
+            h2c::send(site.listener, &h2, T).await?
+        } else {
+            raw::send(site.listener, &raw_req, T).await?
+        };
 
         // Records: wait for the expected one (and for the filter to count the backend's answer);
         // otherwise give a wrong one a moment to show up.
@@ -252,6 +319,16 @@ impl Rig {
                 .map(|r| (r.header("content-type"), r.body_base64.clone()))
                 .collect()
         };
+        let backend_headers = received
+            .iter()
+            .filter(|r| r.path == "/v1/inject" || r.path == "/v1/traces")
+            .map(|r| {
+                r.headers
+                    .iter()
+                    .map(|h| (h.name.clone(), h.value.clone()))
+                    .collect()
+            })
+            .collect();
         let counters = after
             .iter()
             .map(|(k, v)| {
@@ -282,12 +359,14 @@ impl Rig {
             inject: bodies("/v1/inject"),
             extract: bodies("/v1/traces"),
             counters: Some(counters),
+            backend_headers,
         };
         // A refused connection never reaches the backend, so the lookup it carried cannot be
         // seen there: check everything else (the counters still show the transport error).
         let mut case = case.clone();
         if matches!(case.backend, Backend::Refused) {
             case.expect.inject = None;
+            case.expect.extract = None;
         }
         errors.extend(golden::verify(&case, &observed));
         Ok(errors)
