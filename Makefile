@@ -54,7 +54,7 @@ test: wasm-target ## Every test: unit, property, golden (engine), backend, and e
 
 # Benches (bench/README.md): the full runs write the tables and the plot into bench/README.md;
 # bench-smoke runs each for seconds with tiny counts and writes nothing (part of `make test`).
-.PHONY: bench bench-engine bench-envoy bench-load bench-smoke
+.PHONY: bench bench-engine bench-envoy bench-load bench-smoke bench-soak
 bench: bench-engine bench-envoy bench-load ## All three benches, full length (tens of minutes).
 
 bench-engine: wasm-target ## Criterion: one request's engine work natively, as wasm under wasmtime, and the copy+base64 floor.
@@ -68,6 +68,13 @@ bench-load: wasm-target ## Load through real Envoy per host versus no filter: re
 	@scripts/ensure-envoy.sh >/dev/null
 	$(CARGO) run --locked --profile bench -p bench --bin load -- $(BENCH_LOAD_ARGS)
 
+bench-soak: wasm-target ## A million requests through the wasm plugin with the real backend (release), mixed sizes up to 1 MiB, Envoy and backend RSS sampled (tens of minutes; BENCH_SOAK_ARGS=--help). Not part of `make test`.
+	@scripts/ensure-envoy.sh >/dev/null
+	$(CARGO) build --locked --release -p backend
+	wasm="$$(scripts/build-wasm.sh --quiet --locked)"; \
+	BACKEND_BIN=$(TARGET_DIR)/release/backend TRANSPARENT_CACHE_WASM="$$wasm" \
+	$(CARGO) run --locked --profile bench -p bench --bin soak -- $(BENCH_SOAK_ARGS)
+
 bench-smoke: wasm-target ## Every bench for seconds with tiny counts, debug build, nothing written.
 	$(CARGO) build --locked --workspace
 	$(CARGO) build --locked --target $(WASM_TARGET) --profile wasm-release -p bench-guest
@@ -79,7 +86,8 @@ bench-smoke: wasm-target ## Every bench for seconds with tiny counts, debug buil
 	TRANSPARENT_CACHE_NATIVE_DIR=$(TARGET_DIR)/debug \
 	TRANSPARENT_CACHE_WASM="$$wasm"; \
 	$(CARGO) bench --locked --profile dev -p bench --bench engine --bench envoy; \
-	$(CARGO) run --locked --profile dev -p bench --bin load
+	$(CARGO) run --locked --profile dev -p bench --bin load; \
+	BACKEND_BIN=$(TARGET_DIR)/debug/backend $(CARGO) run --locked --profile dev -p bench --bin soak
 
 # Fuzzing (fuzz/README.md): every target for FUZZ_SECONDS each, on its committed corpus; a crash is
 # written to fuzz/artifacts/<target>/ and stops the run. Not part of `make test`.

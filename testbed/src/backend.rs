@@ -44,12 +44,18 @@ pub struct RealBackend {
 impl RealBackend {
     /// Starts the backend on an ephemeral port with an empty store.
     pub async fn start() -> Result<RealBackend> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`RealBackend::start`] with more `serve` flags (e.g. `--max-store-bytes`).
+    pub async fn start_with(extra: &[&str]) -> Result<RealBackend> {
         let bin = tokio::task::spawn_blocking(binary).await??;
         let dir = crate::proc::test_dir("backend-")?;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", &addr.to_string(), "--data"])
-            .arg(dir.path().join("data"));
+            .arg(dir.path().join("data"))
+            .args(extra);
         let mut proc = Proc::spawn("backend", cmd, dir.path())?;
         proc.wait_for_port(addr, START_TIMEOUT).await?;
         Ok(RealBackend {
@@ -57,6 +63,11 @@ impl RealBackend {
             addr,
             _dir: dir,
         })
+    }
+
+    /// The process id (for CPU and memory readings).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
     /// Where it serves `/v1/inject`, `/v1/traces` and `/admin/*`.
