@@ -44,6 +44,27 @@ fn opt_field(h: &mut Sha256, tag: &[u8], value: Option<&[u8]>) {
     }
 }
 
+/// One header of the key: its name, how many values, each value as `value_of` gives it.
+fn header_field<'v>(
+    h: &mut Sha256,
+    tag: &[u8],
+    name: &str,
+    headers: &'v [(String, Vec<Vec<u8>>)],
+    value_of: impl Fn(&'v [u8]) -> std::borrow::Cow<'v, [u8]>,
+) {
+    let name = name.to_ascii_lowercase();
+    field(h, tag, name.as_bytes());
+    let values: Vec<&Vec<u8>> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
+        .flat_map(|(_, vs)| vs.iter())
+        .collect();
+    h.update((values.len() as u64).to_be_bytes());
+    for v in values {
+        field(h, b"v", &value_of(v));
+    }
+}
+
 /// Computes the key of a request under `config`.
 pub fn compute(config: &MatchKeyConfig, input: &KeyInput<'_>) -> KeyHash {
     let mut h = Sha256::new();
@@ -56,32 +77,12 @@ pub fn compute(config: &MatchKeyConfig, input: &KeyInput<'_>) -> KeyHash {
         strip_query(input.path, &config.ignore_query_params).as_bytes(),
     );
     for name in &config.headers {
-        let name = name.to_ascii_lowercase();
-        field(&mut h, b"H", name.as_bytes());
-        let values: Vec<&Vec<u8>> = input
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
-            .flat_map(|(_, vs)| vs.iter())
-            .collect();
-        h.update((values.len() as u64).to_be_bytes());
-        for v in values {
-            field(&mut h, b"v", v);
-        }
+        header_field(&mut h, b"H", name, input.headers, |v| {
+            std::borrow::Cow::Borrowed(v)
+        });
     }
     for name in &config.caller_headers {
-        let name = name.to_ascii_lowercase();
-        field(&mut h, b"C", name.as_bytes());
-        let values: Vec<&Vec<u8>> = input
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
-            .flat_map(|(_, vs)| vs.iter())
-            .collect();
-        h.update((values.len() as u64).to_be_bytes());
-        for v in values {
-            field(&mut h, b"v", caller_value(v).as_bytes());
-        }
+        header_field(&mut h, b"C", name, input.headers, caller_value);
     }
     let body = body_for_key(input.body, &config.ignore_body_fields);
     field(&mut h, b"b", &body);
@@ -97,11 +98,11 @@ pub fn compute(config: &MatchKeyConfig, input: &KeyInput<'_>) -> KeyHash {
 /// A caller credential as it enters the key: the filter's redacted form (`sha256:<hex>`). A value
 /// that arrives redacted is kept; a raw one (a peer that does not redact) is hashed the same way,
 /// so both forms of one secret give one key and the secret itself never reaches the index.
-pub fn caller_value(value: &[u8]) -> std::borrow::Cow<'_, str> {
+pub fn caller_value(value: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if filter_core::encoding::is_redacted_value(value) {
-        String::from_utf8_lossy(value)
+        std::borrow::Cow::Borrowed(value)
     } else {
-        std::borrow::Cow::Owned(filter_core::codec::redacted(value))
+        std::borrow::Cow::Owned(filter_core::codec::redacted(value).into_bytes())
     }
 }
 

@@ -225,6 +225,30 @@ impl Recording {
     }
 }
 
+/// A GET recording for unit tests: `path` on host `h`, service `svc`, answering 200 `body`.
+#[cfg(test)]
+pub(crate) fn sample(path: &str, at: u64, body: &[u8]) -> Recording {
+    Recording {
+        id: 0,
+        recorded_at_unix_nanos: at,
+        service: Some("svc".into()),
+        session_id: None,
+        direction: None,
+        request: RecordedRequest {
+            method: "GET".into(),
+            host: "h".into(),
+            path: path.into(),
+            headers: vec![],
+            body: Payload::default(),
+        },
+        response: RecordedResponse {
+            status: 200,
+            headers: vec![],
+            body: Payload(body.to_vec()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -537,29 +537,10 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recording::{Payload, RecordedRequest, RecordedResponse};
     use std::sync::Arc;
 
     fn rec(path: &str, at: u64, body: &str) -> Recording {
-        Recording {
-            id: 0,
-            recorded_at_unix_nanos: at,
-            service: Some("svc".into()),
-            session_id: None,
-            direction: None,
-            request: RecordedRequest {
-                method: "GET".into(),
-                host: "h".into(),
-                path: path.into(),
-                headers: vec![],
-                body: Payload::default(),
-            },
-            response: RecordedResponse {
-                status: 200,
-                headers: vec![],
-                body: Payload(body.as_bytes().to_vec()),
-            },
-        }
+        crate::recording::sample(path, at, body.as_bytes())
     }
 
     impl Store {

@@ -11,7 +11,8 @@
 //!     "metrics_listen": "127.0.0.1:9090",
 //!     "record_queue_capacity": 1024,
 //!     "record_concurrency": 4,
-//!     "drain_timeout_ms": 5000
+//!     "drain_timeout_ms": 5000,
+//!     "keep_content_length_max_bytes": 1048576
 //!   }
 //! }
 //! ```
@@ -33,7 +34,16 @@ pub struct SidecarSettings {
     pub record_concurrency: Option<usize>,
     /// How long a SIGTERM waits for open streams and queued records.
     pub drain_timeout_ms: u64,
+    /// Request bodies up to this many bytes with a `content-length` are read in ext_proc's
+    /// BUFFERED mode and keep their `content-length` upstream (Envoy 1.28+ would otherwise send
+    /// them chunked). Must not exceed Envoy's buffer limit for the listener
+    /// (`per_connection_buffer_limit_bytes`, 1 MiB unless changed), or a body between the two
+    /// gets Envoy's 413. 0: never (the upstream sees chunked requests).
+    pub keep_content_length_max_bytes: u64,
 }
+
+/// Envoy's default listener buffer limit.
+pub const DEFAULT_KEEP_CONTENT_LENGTH_MAX_BYTES: u64 = 1 << 20;
 
 impl Default for SidecarSettings {
     fn default() -> Self {
@@ -44,6 +54,7 @@ impl Default for SidecarSettings {
             record_queue_capacity: None,
             record_concurrency: None,
             drain_timeout_ms: 5000,
+            keep_content_length_max_bytes: DEFAULT_KEEP_CONTENT_LENGTH_MAX_BYTES,
         }
     }
 }
@@ -55,6 +66,7 @@ const KEYS: &[&str] = &[
     "record_queue_capacity",
     "record_concurrency",
     "drain_timeout_ms",
+    "keep_content_length_max_bytes",
 ];
 
 /// The engine's config and the sidecar's settings from one JSON document.
@@ -132,6 +144,19 @@ fn parse_section(v: &Value) -> anyhow::Result<SidecarSettings> {
     s.record_concurrency = uint("record_concurrency", 256)?.map(|n| n as usize);
     if let Some(n) = uint("drain_timeout_ms", 600_000)? {
         s.drain_timeout_ms = n;
+    }
+    match obj
+        .get("keep_content_length_max_bytes")
+        .filter(|v| !v.is_null())
+    {
+        None => {}
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= 1 << 32 => s.keep_content_length_max_bytes = n,
+            _ => anyhow::bail!(
+                "config key `sidecar.keep_content_length_max_bytes`: expected an integer from 0 \
+                 to 4294967296 (at most Envoy's per_connection_buffer_limit_bytes)"
+            ),
+        },
     }
     Ok(s)
 }

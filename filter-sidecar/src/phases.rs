@@ -81,6 +81,13 @@ pub struct Phases {
     /// Request headers the engine asked to set (the session in `tracestate`), sent with the
     /// answer to the request headers.
     edits: Vec<Header>,
+    /// The client's `content-length` when it is at most `keep_length_max`: set again on the
+    /// forwarded request, and the body read in BUFFERED mode. Envoy 1.28+ removes it in
+    /// BUFFERED_PARTIAL mode (so a body mutation could not make it wrong), which would send the
+    /// upstream a chunked request instead; we never change a body, so the client's length holds.
+    content_length: Option<u64>,
+    /// [`crate::config::SidecarSettings::keep_content_length_max_bytes`].
+    keep_length_max: u64,
     pub notes: Notes,
 }
 
@@ -149,7 +156,9 @@ pub fn continue_response(
 }
 
 impl Phases {
-    pub fn new(stream: Stream) -> Phases {
+    /// A stream's phases; a request's `content-length` up to `keep_length_max` bytes reaches the
+    /// upstream as the client sent it (0: never, the upstream sees a chunked request).
+    pub fn new(stream: Stream, keep_length_max: u64) -> Phases {
         let records = stream.engine().config().mode().records();
         Phases {
             stream,
@@ -157,6 +166,8 @@ impl Phases {
             raw_values: false,
             pending: None,
             edits: Vec::new(),
+            content_length: None,
+            keep_length_max,
             notes: Notes::default(),
         }
     }
@@ -181,6 +192,9 @@ impl Phases {
             Q::RequestHeaders(h) => {
                 let (headers, raw) = headers_of(h.headers.as_ref());
                 self.raw_values = raw;
+                self.content_length = filter_core::http::header(&headers, "content-length")
+                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
+                    .filter(|n| *n <= self.keep_length_max);
                 let d = self.stream.on_request_headers(headers, h.end_of_stream);
                 self.decide(Phase::RequestHeaders, d, h.end_of_stream)
             }
@@ -236,12 +250,19 @@ impl Phases {
             return Some(skip_all());
         }
         let body_done = end_of_stream || phase != Phase::RequestHeaders;
+        let buffered = |m: &mut ProcessingMode| {
+            if self.content_length.is_some() {
+                m.request_body_mode = BodySendMode::Buffered as i32;
+            }
+        };
         match (self.records, body_done) {
-            (true, false) => None,
+            (true, false) => self.content_length.map(|_| mode(buffered)),
             (true, true) => Some(mode(|m| m.request_body_mode = BodySendMode::None as i32)),
             (false, done) => Some(mode(|m| {
                 if done {
                     m.request_body_mode = BodySendMode::None as i32;
+                } else {
+                    buffered(m);
                 }
                 m.response_header_mode = HeaderSendMode::Skip as i32;
                 m.response_body_mode = BodySendMode::None as i32;
@@ -297,7 +318,9 @@ impl Phases {
         record_queued: bool,
     ) -> Step {
         let mut response = continue_response(phase, mode_override);
-        if phase == Phase::RequestHeaders && !self.edits.is_empty() {
+        if phase == Phase::RequestHeaders
+            && (!self.edits.is_empty() || self.content_length.is_some())
+        {
             if let Some(processing_response::Response::RequestHeaders(HeadersResponse {
                 response: Some(common),
             })) = response.response.as_mut()
@@ -313,10 +336,14 @@ impl Phases {
 
     /// The engine's request header edits as an ext_proc mutation: each replaces its name.
     fn edit_mutation(&self) -> HeaderMutation {
+        let length = self
+            .content_length
+            .map(|n| (b"content-length".to_vec(), n.to_string().into_bytes()));
         #[allow(deprecated)] // ext_proc reads `append`, not `append_action`
         let set_headers = self
             .edits
             .iter()
+            .chain(length.iter())
             .map(|(name, value)| HeaderValueOption {
                 header: Some(self.header_value(&String::from_utf8_lossy(name), value.clone())),
                 append: Some(BoolValue { value: false }),

@@ -130,7 +130,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     health
         .set_serving::<ExternalProcessorServer<Sidecar<HttpBackend>>>()
         .await;
-    let sidecar = Sidecar::new(engine.clone(), caller, records.clone(), stats);
+    let sidecar = Sidecar::new(
+        engine.clone(),
+        caller,
+        records.clone(),
+        stats,
+        settings.keep_content_length_max_bytes,
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)

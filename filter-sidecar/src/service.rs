@@ -36,6 +36,8 @@ pub struct Sidecar<C> {
     caller: Arc<C>,
     records: RecordQueue,
     stats: Arc<SidecarStats>,
+    /// [`crate::config::SidecarSettings::keep_content_length_max_bytes`].
+    keep_length_max: u64,
 }
 
 impl<C: Caller> Sidecar<C> {
@@ -44,8 +46,10 @@ impl<C: Caller> Sidecar<C> {
         caller: Arc<C>,
         records: RecordQueue,
         stats: Arc<SidecarStats>,
+        keep_length_max: u64,
     ) -> Self {
         Sidecar {
+            keep_length_max,
             engine,
             caller,
             records,
@@ -126,7 +130,7 @@ impl<C: Caller> ExternalProcessor for Sidecar<C> {
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
-        let phases = Phases::new(Stream::new(self.engine.clone()));
+        let phases = Phases::new(Stream::new(self.engine.clone()), self.keep_length_max);
         let caller = self.caller.clone();
         let records = self.records.clone();
         let stats = self.stats.clone();

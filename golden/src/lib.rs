@@ -596,6 +596,13 @@ impl Sim<'_> {
     fn upstream(&mut self) -> Result<(), String> {
         let req = &self.case.request;
         let mut sent: Vec<Header> = req.engine_headers().into_iter().skip(4).collect();
+        if let [one] = req.body.as_slice() {
+            // Like Envoy: the client's framing goes on.
+            sent.push((
+                b"content-length".to_vec(),
+                one.to_vec().len().to_string().into_bytes(),
+            ));
+        }
         for (name, value) in &self.edits {
             sent.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
             sent.push((name.clone(), value.clone()));
@@ -908,6 +915,24 @@ fn verify_rest(case: &Case, obs: &Observed, errors: &mut Vec<String>) {
                     show(&up.body),
                     show(&body)
                 ));
+            }
+            // Framing: a body the client sent with `content-length` reaches the upstream with
+            // that `content-length`, not re-framed as chunked (over HTTP/1.1; an HTTP/2 client
+            // sends no length of its own here).
+            if let ([one], false) = (req.body.as_slice(), req.http2) {
+                let want = one.to_vec().len().to_string().into_bytes();
+                let got: Vec<&[u8]> = find(&up.headers, "content-length").collect();
+                if got != [want.as_slice()]
+                    || find(&up.headers, "transfer-encoding").next().is_some()
+                {
+                    let te: Vec<String> =
+                        find(&up.headers, "transfer-encoding").map(show).collect();
+                    errors.push(format!(
+                        "upstream: framing: expected content-length {}, got {:?} (transfer-encoding {te:?})",
+                        show(&want),
+                        got.into_iter().map(show).collect::<Vec<_>>()
+                    ));
+                }
             }
             for (name, value) in &e.upstream_headers {
                 let value = value.to_vec();

@@ -1,27 +1,8 @@
 use super::*;
 use crate::config::MatchKeyConfig;
-use crate::recording::{Payload, RecordedRequest, RecordedResponse};
 
 fn rec(path: &str, body: usize) -> Recording {
-    Recording {
-        id: 0,
-        recorded_at_unix_nanos: 1,
-        service: None,
-        session_id: None,
-        direction: None,
-        request: RecordedRequest {
-            method: "GET".into(),
-            host: "h".into(),
-            path: path.into(),
-            headers: vec![],
-            body: Payload::default(),
-        },
-        response: RecordedResponse {
-            status: 200,
-            headers: vec![],
-            body: Payload(vec![b'x'; body]),
-        },
-    }
+    crate::recording::sample(path, 1, &vec![b'x'; body])
 }
 
 fn collect(doc: &[u8], limit: u64) -> (Result<Imported, ImportError>, Vec<Vec<Recording>>) {

@@ -25,7 +25,7 @@ fn engine(json: &str) -> (Arc<Engine>, Arc<AtomicCounters>) {
 
 fn phases(json: &str) -> (Phases, Arc<AtomicCounters>) {
     let (e, c) = engine(json);
-    (Phases::new(Stream::new(e)), c)
+    (Phases::new(Stream::new(e), 1 << 20), c)
 }
 
 fn map(headers: &[(&str, &[u8])], raw: bool) -> Option<HeaderMap> {
@@ -303,10 +303,27 @@ fn a_request_body_is_looked_up_when_complete_and_a_miss_continues_it() {
             false,
         ))
     );
-    is_continue(&r, Phase::RequestHeaders);
-    assert!(
-        r.mode_override.is_none(),
-        "the static BUFFERED_PARTIAL body mode stays"
+    let Some(R::RequestHeaders(HeadersResponse {
+        response: Some(common),
+    })) = &r.response
+    else {
+        panic!("expected a headers answer, got {r:?}");
+    };
+    let set = &common
+        .header_mutation
+        .as_ref()
+        .expect("a mutation")
+        .set_headers;
+    let length = set[0].header.as_ref().unwrap();
+    assert_eq!(
+        (length.key.as_str(), length.raw_value.as_slice()),
+        ("content-length", &b"5"[..]),
+        "the client's length is set again (Envoy 1.28+ drops it in BUFFERED_PARTIAL)"
+    );
+    assert_eq!(
+        r.mode_override.map(|m| m.request_body_mode),
+        Some(BodySendMode::Buffered as i32),
+        "a body of known length is read BUFFERED, so Envoy keeps its content-length"
     );
     let callout = lookup(p.handle(req_body(b"hello", true)));
     assert!(!callout.body.is_empty());
@@ -317,6 +334,20 @@ fn a_request_body_is_looked_up_when_complete_and_a_miss_continues_it() {
     assert_eq!(c.get(Counter::LookupErrorTimeout), 1);
     // A lookup error: nothing to record, so the response phases are skipped.
     assert_eq!(r.mode_override, Some(skip_all()));
+}
+
+#[test]
+fn a_chunked_body_or_one_over_the_limit_keeps_buffered_partial_and_no_length_is_set() {
+    let (e, _) = engine("{}");
+    for (headers, limit) in [
+        (vec![("transfer-encoding", &b"chunked"[..])], 1 << 20),
+        (vec![("content-length", &b"2000"[..])], 1000),
+    ] {
+        let mut p = Phases::new(Stream::new(e.clone()), limit);
+        let (r, _) = respond!(p, p.handle(req_headers("POST", "/q", &headers, false)));
+        is_continue(&r, Phase::RequestHeaders);
+        assert!(r.mode_override.is_none(), "{headers:?}");
+    }
 }
 
 #[test]
