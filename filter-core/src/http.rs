@@ -3,12 +3,16 @@
 /// One header line. Names from Envoy are lower-case; values may be any bytes (not only UTF-8).
 pub type Header = (Vec<u8>, Vec<u8>);
 
-/// The first value of a header, by case-insensitive name.
-pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
+/// The first value of a header, by case-insensitive name: in owned [`Header`]s, or in borrowed
+/// `(&[u8], &[u8])` pairs (the dynamic module's view of Envoy's headers).
+pub fn header<'a, N: AsRef<[u8]>, V: AsRef<[u8]>>(
+    headers: &'a [(N, V)],
+    name: &str,
+) -> Option<&'a [u8]> {
     headers
         .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-        .map(|(_, v)| v.as_slice())
+        .find(|(n, _)| n.as_ref().eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| v.as_ref())
 }
 
 /// A status code from its header value (`:status`): three ASCII digits, 100-999 (surrounding

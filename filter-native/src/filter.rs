@@ -268,15 +268,8 @@ impl CacheConfig {
     }
 }
 
-fn header_of<'a>(headers: &[HeaderRef<'a>], name: &[u8]) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| *v)
-}
-
 fn status_of(headers: &[HeaderRef<'_>]) -> Option<u16> {
-    filter_core::http::parse_status(header_of(headers, b":status")?)
+    filter_core::http::parse_status(filter_core::http::header(headers, ":status")?)
 }
 
 impl<EC: EnvoyHttpFilterConfig, EHF: EnvoyHttpFilter + 'static> HttpFilterConfig<EC, EHF>
@@ -583,8 +576,8 @@ impl<EHF: EnvoyHttpFilter> HttpFilter<EHF> for CacheFilter {
             }
         };
         let reply = (result == CalloutResult::Success).then(|| LookupReply {
-            status: header_of(headers, b":status"),
-            content_type: header_of(headers, b"content-type"),
+            status: filter_core::http::header(headers, ":status"),
+            content_type: filter_core::http::header(headers, "content-type"),
             body: answer,
         });
         let d = self.stream.on_lookup_reply(reply);
