@@ -64,9 +64,10 @@ bench-envoy: wasm-target ## Criterion: sequential latency through real Envoy per
 	@scripts/ensure-envoy.sh >/dev/null
 	$(CARGO) bench --locked -p bench --bench envoy
 
-bench-load: wasm-target ## Load through real Envoy per host versus no filter: req/s, p50/p99, CPU, RSS (BENCH_LOAD_ARGS=--help).
+bench-load: wasm-target ## Load through real Envoy per host versus no filter: req/s, p50/p99, CPU, RSS; records into the real backend (BENCH_LOAD_ARGS=--help).
 	@scripts/ensure-envoy.sh >/dev/null
-	$(CARGO) run --locked --profile bench -p bench --bin load -- $(BENCH_LOAD_ARGS)
+	$(CARGO) build --locked --release -p backend
+	BACKEND_BIN=$(TARGET_DIR)/release/backend $(CARGO) run --locked --profile bench -p bench --bin load -- $(BENCH_LOAD_ARGS)
 
 bench-soak: wasm-target ## A million requests through the wasm plugin with the real backend (release), mixed sizes up to 1 MiB, Envoy and backend RSS sampled (tens of minutes; BENCH_SOAK_ARGS=--help). Not part of `make test`.
 	@scripts/ensure-envoy.sh >/dev/null
@@ -86,8 +87,9 @@ bench-smoke: wasm-target ## Every bench for seconds with tiny counts, debug buil
 	TRANSPARENT_CACHE_NATIVE_DIR=$(TARGET_DIR)/debug \
 	TRANSPARENT_CACHE_WASM="$$wasm"; \
 	$(CARGO) bench --locked --profile dev -p bench --bench engine --bench envoy; \
+	export BACKEND_BIN=$(TARGET_DIR)/debug/backend; \
 	$(CARGO) run --locked --profile dev -p bench --bin load; \
-	BACKEND_BIN=$(TARGET_DIR)/debug/backend $(CARGO) run --locked --profile dev -p bench --bin soak
+	$(CARGO) run --locked --profile dev -p bench --bin soak
 
 # Fuzzing (fuzz/README.md): every target for FUZZ_SECONDS each, on its committed corpus; a crash is
 # written to fuzz/artifacts/<target>/ and stops the run. Not part of `make test`.

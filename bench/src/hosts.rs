@@ -119,6 +119,14 @@ impl Running {
         self.sidecar.as_ref().and_then(Sidecar::pid)
     }
 
+    /// The filter's counters: the sidecar's, else Envoy's stats.
+    pub async fn counters(&self, shape: Shape) -> Result<std::collections::BTreeMap<String, u64>> {
+        match &self.sidecar {
+            Some(sc) => sc.counters().await,
+            None => Ok(shape.counters(&self.envoy.stats().await?)),
+        }
+    }
+
     /// The last lines of Envoy's (and the sidecar's) log.
     pub fn log_tail(&self) -> String {
         let mut s = self.envoy.log_tail(30);
@@ -132,16 +140,22 @@ impl Running {
 /// Starts `host` in front of `servers` (Envoy, plus the sidecar process for the sidecar host),
 /// with the filter configured by `config`.
 pub async fn start(host: Host, servers: &Servers, config: &Json) -> Result<Running> {
+    start_at(host, servers.upstream, servers.backend, config).await
+}
+
+/// [`start`] with the backend at `backend` (e.g. the real `backend` process).
+pub async fn start_at(
+    host: Host,
+    upstream: std::net::SocketAddr,
+    backend: std::net::SocketAddr,
+    config: &Json,
+) -> Result<Running> {
     let Some(shape) = host.shape() else {
         bail!("the testbed has no shape for {} yet", host.key());
     };
     let mut config = config.clone();
     let sidecar = if shape == Shape::Sidecar {
-        let sc = Box::pin(Sidecar::start(
-            &config,
-            &format!("http://{}", servers.backend),
-        ))
-        .await?;
+        let sc = Box::pin(Sidecar::start(&config, &format!("http://{backend}"))).await?;
         if let Json::Object(map) = &mut config {
             map.insert(
                 "sidecar".into(),
@@ -154,8 +168,8 @@ pub async fn start(host: Host, servers: &Servers, config: &Json) -> Result<Runni
     };
     let layout = Layout {
         admin_port: 0,
-        upstream: servers.upstream,
-        backend: servers.backend,
+        upstream,
+        backend,
         refused: None,
         sites: vec![Site {
             name: "bench".into(),

@@ -155,6 +155,35 @@ pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
     bail!("no {field} in /proc/{pid}/status")
 }
 
+/// Local ports of the established TCP connections (IPv4 and IPv6) whose remote port is `port`,
+/// from `/proc/net/tcp*`: sampled often during a run, the distinct ports count the connections
+/// opened to a server (say the backend) whoever opened them (Envoy or a sidecar).
+pub fn connections_to(port: u16) -> std::collections::HashSet<u16> {
+    let mut out = std::collections::HashSet::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(state)) = (f.get(1), f.get(2), f.get(3)) else {
+                continue;
+            };
+            let port_of = |a: &str| {
+                a.rsplit_once(':')
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            };
+            // 01: ESTABLISHED.
+            if *state == "01" && port_of(remote) == Some(port) {
+                if let Some(p) = port_of(local) {
+                    out.insert(p);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The median of `v` (the mean of the middle two for an even count); NaN when empty.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

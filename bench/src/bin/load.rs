@@ -5,16 +5,20 @@
 //! Writes the tables into `bench/README.md` (unless `--smoke`).
 
 use anyhow::{bail, Context as _, Result};
-use bench::hosts::{check, filter_config, request, start, Host};
-use bench::load::{cpu_seconds, drive, median, status_kib, Run, Until};
+use bench::hosts::{check, filter_config, request, start, start_at, Host};
+use bench::load::{connections_to, cpu_seconds, drive, median, status_kib, Run, Until};
 use bench::report;
 use bench::servers::Servers;
 use bench::{size_name, Path};
 use clap::Parser;
 use serde_json::Value as Json;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use testbed::raw::RawConnection;
+use testbed::shape::BACKEND_CLUSTER;
+use testbed::RealBackend;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Load through real Envoy: no filter versus each host of the filter")]
@@ -49,7 +53,7 @@ struct Args {
     /// Memory: body size.
     #[arg(long, default_value_t = 1 << 20)]
     mem_size: usize,
-    /// Parts to skip: load, record, memory.
+    /// Parts to skip: load, record, memory, real.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Seconds-long run with tiny counts that writes nothing (CI). Also set by BENCH_SMOKE=1.
@@ -313,6 +317,123 @@ async fn record_table(ctx: &Ctx, hosts: &[Host]) -> Result<String> {
     Ok(t)
 }
 
+/// Records into the real `backend`: every request a miss (`record_only`, 1 KiB), then how many
+/// records the filter sent, dropped and lost, how many the backend stored, and how many
+/// connections were opened to it.
+async fn real_table(ctx: &Ctx, hosts: &[Host]) -> Result<String> {
+    let a = &ctx.args;
+    let size = 1024;
+    ctx.servers.set(Path::Miss, size);
+    let mut t = String::from(
+        "| host | req/s | requests | records sent | dropped | failed | stored by the backend | lost | connections to the backend | Envoy pending overflows |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for &h in hosts.iter().filter(|h| **h != Host::NoFilter) {
+        let Some(shape) = h.shape() else { continue };
+        let backend = RealBackend::start_with(&["--log-level", "warn"])
+            .await
+            .context("start the real backend")?;
+        let running = start_at(
+            h,
+            ctx.servers.upstream,
+            backend.addr(),
+            &filter_config("record_only"),
+        )
+        .await?;
+        let port = backend.addr().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut seen = std::collections::HashSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    seen.extend(connections_to(port));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                seen.extend(connections_to(port));
+                seen.len()
+            })
+        };
+        let run = drive(
+            running.addr(),
+            &request(size),
+            size,
+            a.concurrency,
+            Duration::ZERO,
+            Until::Time(Duration::from_secs_f64(a.seconds + a.warmup)),
+        )
+        .await?;
+        // Every record ends as sent, dropped or failed; wait for the last ones.
+        let ended = |c: &std::collections::BTreeMap<String, u64>| -> u64 {
+            ["records_sent", "records_dropped", "record_failures"]
+                .iter()
+                .map(|k| c.get(*k).copied().unwrap_or(0))
+                .sum()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let mut c = running.counters(shape).await?;
+        while ended(&c) < run.requests && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c = running.counters(shape).await?;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let connections = sampler.await?;
+        let stats = running.envoy.stats().await?;
+        let overflow = format!("cluster.{BACKEND_CLUSTER}.upstream_rq_pending_overflow");
+        let overflows = match running.sidecar {
+            Some(_) => "–".to_string(),
+            None => stats.get(&overflow).copied().unwrap_or(0).to_string(),
+        };
+        let metrics = backend_metrics(&backend).await?;
+        let stored = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("backend_recorded_total")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0u64);
+        let get = |k: &str| c.get(k).copied().unwrap_or(0);
+        let lost = run.requests.saturating_sub(stored);
+        eprintln!(
+            "real {}: {} requests, {} sent, {} stored, {connections} connections",
+            h.key(),
+            run.requests,
+            get("records_sent"),
+            stored
+        );
+        let _ = writeln!(
+            t,
+            "| {} | {:.0} | {} | {} | {} | {} | {stored} | {lost} ({:.2}%) | {connections} | {overflows} |",
+            h.key(),
+            run.rps,
+            run.requests,
+            get("records_sent"),
+            get("records_dropped"),
+            get("record_failures"),
+            100.0 * lost as f64 / run.requests.max(1) as f64,
+        );
+    }
+    let _ = write!(
+        t,
+        "\nThe real `backend` (release build, group commit) as the record peer, `mode: record_only`, every request a miss recorded, 1 KiB request and response bodies, {} connections for {} s, one run per host. *Lost* is requests minus recordings stored; *connections* counts the distinct connections to the backend seen during the run (Envoy's, or the sidecar's own). Measured {}.\n",
+        a.concurrency,
+        a.seconds + a.warmup,
+        report::today()
+    );
+    Ok(t)
+}
+
+async fn backend_metrics(backend: &RealBackend) -> Result<String> {
+    let r = testbed::raw::send(
+        backend.addr(),
+        &testbed::raw::RawRequest::new("GET", "/metrics"),
+        Duration::from_secs(10),
+    )
+    .await?;
+    Ok(r.body_str())
+}
+
 async fn memory_table(ctx: &Ctx, hosts: &[Host]) -> Result<String> {
     let a = &ctx.args;
     let mut t = String::from(
@@ -425,6 +546,10 @@ async fn run(mut args: Args) -> Result<()> {
     if !skip("memory") {
         let t = memory_table(&ctx, &hosts).await?;
         write("memory", &t)?;
+    }
+    if !skip("real") {
+        let t = real_table(&ctx, &hosts).await?;
+        write("real", &t)?;
     }
     if !ctx.args.smoke {
         report::write_section(&readme, "machine", &report::machine())?;
