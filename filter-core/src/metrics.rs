@@ -34,6 +34,9 @@ pub enum Bypass {
     PropagateOnly,
     /// The lookups' circuit breaker is open: straight upstream, no backend call.
     BreakerOpen,
+    /// The request or the response has trailers: a recording cannot carry them, so such an
+    /// exchange is neither looked up nor recorded.
+    Trailers,
 }
 
 /// Why a lookup failed (each fails open unless `on_backend_error: fail`).
@@ -107,6 +110,7 @@ counters! {
     BypassNoSession => "bypass_no_session", "Requests passed through without a backend call: no session (require_session).";
     BypassPropagateOnly => "bypass_propagate_only", "Requests passed through by mode propagate_only.";
     BypassBreakerOpen => "bypass_breaker_open", "Requests sent upstream without a lookup: the lookups' circuit breaker was open.";
+    BypassTrailers => "bypass_trailers", "Requests or responses with trailers: passed through, neither looked up nor recorded.";
     LookupBreakerOpened => "lookup_breaker_opened", "Times the lookups' circuit breaker opened (consecutive lookup faults).";
     RecordBreakerOpened => "record_breaker_opened", "Times the records' circuit breaker opened (consecutive failed records).";
     BytesBuffered => "bytes_buffered", "Body bytes buffered by the filter.";
@@ -129,6 +133,7 @@ impl From<Bypass> for Counter {
             Bypass::NoSession => Counter::BypassNoSession,
             Bypass::PropagateOnly => Counter::BypassPropagateOnly,
             Bypass::BreakerOpen => Counter::BypassBreakerOpen,
+            Bypass::Trailers => Counter::BypassTrailers,
         }
     }
 }

@@ -109,6 +109,9 @@ pub struct Request {
     /// Sent over HTTP/2 (prior knowledge) instead of HTTP/1.1.
     #[serde(default)]
     pub http2: bool,
+    /// Trailers after the body (the body is then sent chunked).
+    #[serde(default)]
+    pub trailers: Vec<(String, Bytes)>,
 }
 
 fn default_authority() -> String {
@@ -206,6 +209,9 @@ pub struct Upstream {
     pub headers: Vec<(String, Bytes)>,
     #[serde(default)]
     pub body: Bytes,
+    /// Trailers after the body (the body is then sent chunked).
+    #[serde(default)]
+    pub trailers: Vec<(String, Bytes)>,
 }
 
 impl Default for Upstream {
@@ -217,6 +223,7 @@ impl Default for Upstream {
                 Bytes::Text("application/json".into()),
             )],
             body: Bytes::Text("{\"ok\":true}".into()),
+            trailers: Vec::new(),
         }
     }
 }
@@ -319,6 +326,8 @@ pub struct Observed {
     pub client_status: u16,
     pub client_headers: Vec<Header>,
     pub client_body: Vec<u8>,
+    /// Trailers of the client's response.
+    pub client_trailers: Vec<Header>,
     /// The request the upstream received complete (none: it answered nothing).
     pub upstream: Option<UpstreamSaw>,
     /// Bodies (and content types) of the `/v1/inject` calls the backend received.
@@ -338,6 +347,8 @@ pub struct UpstreamSaw {
     /// Headers as received (hosts add their own, e.g. `x-forwarded-proto`).
     pub headers: Vec<Header>,
     pub body: Vec<u8>,
+    /// Trailers received after the body.
+    pub trailers: Vec<Header>,
 }
 
 /// Loads every `*.json` case of a directory, sorted by name.
@@ -482,7 +493,7 @@ impl Sim<'_> {
         let req = &self.case.request;
         let mut chunks: Vec<Vec<u8>> = req.body.iter().map(Bytes::to_vec).collect();
         let mut headers = req.engine_headers();
-        if chunks.len() == 1 {
+        if chunks.len() == 1 && req.trailers.is_empty() {
             let len = chunks.first().map_or(0, Vec::len);
             headers.push((b"content-length".to_vec(), len.to_string().into_bytes()));
             if len == 0 {
@@ -497,6 +508,7 @@ impl Sim<'_> {
         self.edits = d.effects.set_request_headers.clone();
         let mut pending = Some(d);
         let mut next_chunk = 0usize;
+        let mut trailers_sent = false;
         while let Some(d) = pending.take() {
             if d.effects.record_queued {
                 return Err("record decided on the request path".into());
@@ -536,10 +548,22 @@ impl Sim<'_> {
             }
             // Feed the next chunk; what it returns decides whether it is held.
             let Some(chunk) = chunks.get(next_chunk) else {
+                if !req.trailers.is_empty() && !trailers_sent {
+                    // The trailers end the request; held data goes with them unless still held.
+                    trailers_sent = true;
+                    let d = self.stream.on_request_trailers();
+                    if !matches!(d.flow, Flow::Hold | Flow::Stop) {
+                        self.headers_upstream = true;
+                        held_headers = false;
+                        self.body_upstream.append(&mut held_body);
+                    }
+                    pending = Some(d);
+                    continue;
+                }
                 break;
             };
             next_chunk += 1;
-            let eos = next_chunk == chunks.len();
+            let eos = next_chunk == chunks.len() && req.trailers.is_empty();
             let d = self.stream.on_request_body(chunk, eos);
             if d.flow == Flow::Hold {
                 held_body.extend_from_slice(chunk);
@@ -596,7 +620,7 @@ impl Sim<'_> {
     fn upstream(&mut self) -> Result<(), String> {
         let req = &self.case.request;
         let mut sent: Vec<Header> = req.engine_headers().into_iter().skip(4).collect();
-        if let [one] = req.body.as_slice() {
+        if let ([one], true) = (req.body.as_slice(), req.trailers.is_empty()) {
             // Like Envoy: the client's framing goes on.
             sent.push((
                 b"content-length".to_vec(),
@@ -612,6 +636,11 @@ impl Sim<'_> {
             path: req.path.clone(),
             headers: sent,
             body: std::mem::take(&mut self.body_upstream),
+            trailers: req
+                .trailers
+                .iter()
+                .map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec()))
+                .collect(),
         });
         let up = &self.case.upstream;
         let mut headers: Vec<Header> = up
@@ -638,15 +667,19 @@ impl Sim<'_> {
         }
         let mut all = vec![(b":status".to_vec(), up.status.to_string().into_bytes())];
         all.extend(headers.iter().cloned());
-        let eos = body.is_empty();
+        let trailers = !up.trailers.is_empty();
+        let eos = body.is_empty() && !trailers;
         let mut decisions: Vec<Decision> =
             vec![self.stream.on_response_headers(up.status, all, eos)];
-        if !eos {
+        if !body.is_empty() {
             // Two chunks, to exercise copying across chunks.
             let mid = body.len() / 2;
             let (a, b) = body.split_at(mid);
             decisions.push(self.stream.on_response_body(a, false));
-            decisions.push(self.stream.on_response_body(b, true));
+            decisions.push(self.stream.on_response_body(b, !trailers));
+        }
+        if trailers {
+            decisions.push(self.stream.on_response_trailers());
         }
         for d in decisions {
             if d.flow != Flow::Continue {
@@ -674,6 +707,11 @@ impl Sim<'_> {
         self.obs.client_status = up.status;
         self.obs.client_headers = headers;
         self.obs.client_body = body;
+        self.obs.client_trailers = up
+            .trailers
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec()))
+            .collect();
         Ok(())
     }
 }
@@ -893,6 +931,20 @@ fn verify_client(case: &Case, obs: &Observed, errors: &mut Vec<String>) {
             errors.push(format!("client: header `{name}` must be absent"));
         }
     }
+    if e.upstream_called && e.client.body.is_none() {
+        for (name, value) in &case.upstream.trailers {
+            let value = value.to_vec();
+            if !find(&obs.client_trailers, name).any(|v| v == value.as_slice()) {
+                errors.push(format!(
+                    "client: trailer `{name}`: expected {}, got {:?}",
+                    show(&value),
+                    find(&obs.client_trailers, name)
+                        .map(show)
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+    }
 }
 
 fn verify_rest(case: &Case, obs: &Observed, errors: &mut Vec<String>) {
@@ -919,7 +971,8 @@ fn verify_rest(case: &Case, obs: &Observed, errors: &mut Vec<String>) {
             // Framing: a body the client sent with `content-length` reaches the upstream with
             // that `content-length`, not re-framed as chunked (over HTTP/1.1; an HTTP/2 client
             // sends no length of its own here).
-            if let ([one], false) = (req.body.as_slice(), req.http2) {
+            if let ([one], false, true) = (req.body.as_slice(), req.http2, req.trailers.is_empty())
+            {
                 let want = one.to_vec().len().to_string().into_bytes();
                 let got: Vec<&[u8]> = find(&up.headers, "content-length").collect();
                 if got != [want.as_slice()]
@@ -931,6 +984,16 @@ fn verify_rest(case: &Case, obs: &Observed, errors: &mut Vec<String>) {
                         "upstream: framing: expected content-length {}, got {:?} (transfer-encoding {te:?})",
                         show(&want),
                         got.into_iter().map(show).collect::<Vec<_>>()
+                    ));
+                }
+            }
+            for (name, value) in &req.trailers {
+                let value = value.to_vec();
+                if !find(&up.trailers, name).any(|v| v == value.as_slice()) {
+                    errors.push(format!(
+                        "upstream: trailer `{name}`: expected {}, got {:?}",
+                        show(&value),
+                        find(&up.trailers, name).map(show).collect::<Vec<_>>()
                     ));
                 }
             }

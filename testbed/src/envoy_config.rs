@@ -83,6 +83,7 @@ pub(crate) fn listener(
           stat_prefix: {stat_prefix}
           codec_type: AUTO
           upgrade_configs: [{{ upgrade_type: websocket }}]
+          http_protocol_options: {{ enable_trailers: true }}
 {access_log}          route_config:
             name: local_route
             virtual_hosts:
@@ -101,7 +102,11 @@ pub(crate) fn listener(
 
 /// A static HTTP/1.1 cluster snippet named `name` with one endpoint.
 pub fn cluster(name: &str, addr: SocketAddr) -> String {
-    static_cluster(name, addr, "1s", "http_protocol_options")
+    // HTTP/1.1 trailers are dropped unless enabled on both sides (here and on the listener).
+    static_cluster(name, addr, "1s", "http_protocol_options").replace(
+        "http_protocol_options: {}",
+        "http_protocol_options: { enable_trailers: true }",
+    )
 }
 
 /// A static cluster snippet named `name` with one endpoint at `addr`; `protocol_options` is the

@@ -49,6 +49,8 @@ pub struct RawRequest {
     pub body: Body,
     /// Pause between body writes (lets the peer see them as separate reads).
     pub chunk_delay: Duration,
+    /// Trailers after the last chunk ([`Body::Chunked`] only).
+    pub trailers: Vec<HeaderField>,
 }
 
 impl RawRequest {
@@ -60,6 +62,7 @@ impl RawRequest {
             headers: vec![HeaderField::new("host", "testbed")],
             body: Body::None,
             chunk_delay: Duration::ZERO,
+            trailers: Vec::new(),
         }
     }
 
@@ -98,7 +101,19 @@ impl RawRequest {
                     .map(|c| encode_chunk(c))
                     .filter(|c| !c.is_empty())
                     .collect();
-                w.push(LAST_CHUNK.to_vec());
+                if self.trailers.is_empty() {
+                    w.push(LAST_CHUNK.to_vec());
+                } else {
+                    let mut last = b"0\r\n".to_vec();
+                    for t in &self.trailers {
+                        last.extend_from_slice(&t.name);
+                        last.extend_from_slice(b": ");
+                        last.extend_from_slice(&t.value);
+                        last.extend_from_slice(b"\r\n");
+                    }
+                    last.extend_from_slice(b"\r\n");
+                    w.push(last);
+                }
                 w
             }
         };

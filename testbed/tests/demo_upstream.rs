@@ -77,6 +77,7 @@ async fn script_overrides_answer_until_deleted() {
             HeaderField::new("x-raw", [0x80, 0x81]),
         ],
         body_base64: vec![1, 2, 3, 255],
+        trailers: Vec::new(),
     })
     .await
     .unwrap();

@@ -86,6 +86,7 @@ async fn echo_serial_script_and_stats_through_envoy() {
             HeaderField::new("x-canned", "yes"),
         ],
         body_base64: b"canned".to_vec(),
+        trailers: Vec::new(),
     })
     .await
     .unwrap();

@@ -300,6 +300,7 @@ async fn agent_recordings_are_hits(shape: Shape) {
                 status: 200,
                 headers: vec![HeaderField::new("content-type", "text/plain")],
                 body_base64: b"from the upstream".to_vec(),
+                trailers: Vec::new(),
             })
             .await
             .unwrap();
@@ -383,6 +384,7 @@ async fn miss_record_hit(shape: Shape) {
                 HeaderField::new("x-resp-multi", "r2"),
             ],
             body_base64: br#"{"price":9.5}"#.to_vec(),
+            trailers: Vec::new(),
         })
         .await
         .unwrap();
@@ -777,6 +779,7 @@ async fn a_scalar_only_reader_loses_nothing_of_what_our_filter_sends_through_env
                     HeaderField::new("x-resp-multi", "r2, r3"),
                 ],
                 body_base64: binary.clone(),
+                trailers: Vec::new(),
             })
             .await
             .unwrap();

@@ -220,6 +220,7 @@ async fn every_backend_fault_fails_open_with_the_upstream_answer_unchanged() {
             HeaderField::new("x-upstream", "real"),
         ],
         body_base64: b"{\"from\":\"upstream\"}".to_vec(),
+        trailers: Vec::new(),
     };
     for shape in Shape::wasm() {
         let rig = Rig::start(shape, &configs).await.unwrap();

@@ -660,9 +660,14 @@ impl Stream {
         }
     }
 
-    /// Request trailers arrived: the request body is complete.
+    /// Request trailers arrived. A recording cannot carry them, and the sidecar cannot see them
+    /// without a round trip more on every request: the request goes on as it is, neither looked
+    /// up nor recorded (held headers and body are released with the trailers).
     fn on_request_trailers_step(&mut self) -> Step {
-        self.on_request_body_step(&[], true)
+        match self.state {
+            State::BufferingRequest | State::CopyingRequest => self.bypass(Bypass::Trailers),
+            _ => Step::Continue,
+        }
     }
 
     fn request_view(&self) -> RequestView<'_> {
@@ -892,9 +897,13 @@ impl Stream {
         Step::Continue
     }
 
-    /// Response trailers arrived: the response is complete.
+    /// Response trailers arrived: the response reaches the client whole, but is not recorded (a
+    /// recording served without its trailers would not be the upstream's answer).
     fn on_response_trailers_step(&mut self) -> Step {
-        self.on_response_body_step(&[], true)
+        if self.state == State::CopyingResponse {
+            self.bypass(Bypass::Trailers);
+        }
+        Step::Continue
     }
 
     fn finish(&mut self) -> Step {

@@ -149,14 +149,28 @@ fn a_request_without_a_body_is_looked_up_at_the_headers_in_both_modes() {
 }
 
 #[test]
-fn trailers_end_the_request_body() {
-    let (mut s, _) = stream(r#"{"request_mode": "hold_headers"}"#);
-    s.on_request_headers(request("POST", "/orders", &[]), false);
-    assert_eq!(s.on_request_body(b"abc", false).flow, Flow::Hold);
-    let c = callout!(s, s.on_request_trailers());
-    let traces = codec::decode_traces(&c.body, Format::Protobuf).unwrap();
-    let (rs, span) = traces.spans().next().unwrap();
-    assert_eq!(codec::read_span(rs, span).unwrap().request_body, b"abc");
+fn trailers_pass_the_exchange_through_unlooked_up_and_unrecorded() {
+    for mode in ["hold_headers", "stream_headers"] {
+        let (mut s, c) = stream(&format!(r#"{{"request_mode": "{mode}"}}"#));
+        s.on_request_headers(request("POST", "/orders", &[]), false);
+        assert_eq!(s.on_request_body(b"abc", false).flow, Flow::Hold);
+        let d = s.on_request_trailers();
+        assert_eq!(d.flow, Flow::Release, "{mode}: the held request goes on");
+        assert!(d.effects.lookup.is_none(), "{mode}");
+        assert_eq!(c.get(Counter::BypassTrailers), 1, "{mode}");
+        assert_eq!(c.get(Counter::Lookups), 0, "{mode}");
+    }
+    // A response with trailers reaches the client whole and is not recorded.
+    let (mut s, c) = stream("{}");
+    s.on_request_headers(request("GET", "/items", &[]), true);
+    assert_eq!(s.on_lookup_result(MISS).flow, Flow::Release);
+    s.on_response_headers(200, response(&[]), false);
+    assert_eq!(s.on_response_body(b"part", false).flow, Flow::Continue);
+    let d = s.on_response_trailers();
+    assert_eq!(d.flow, Flow::Continue);
+    assert!(!d.effects.record_queued);
+    assert_eq!(c.get(Counter::BypassTrailers), 1);
+    assert_eq!(s.verdict(), "miss");
 }
 
 #[test]

@@ -43,6 +43,9 @@ pub struct Script {
     /// Body bytes, base64 in JSON.
     #[serde(default, with = "base64_bytes")]
     pub body_base64: Vec<u8>,
+    /// Trailers: when any, the body is sent chunked and these follow it.
+    #[serde(default)]
+    pub trailers: Vec<HeaderField>,
 }
 
 /// One request received on the proxied listener (`GET /requests`).
@@ -63,6 +66,9 @@ pub struct RecordedRequest {
     pub body_base64: Vec<u8>,
     /// False when the client vanished before the body ended.
     pub complete: bool,
+    /// Trailer fields of a chunked body, in order.
+    #[serde(default)]
+    pub trailers: Vec<HeaderField>,
 }
 
 impl RecordedRequest {

@@ -34,6 +34,7 @@ fn record(req: &Request, serial: Option<u64>) -> RecordedRequest {
         headers: req.head.headers.clone(),
         body_base64: req.body.clone(),
         complete: req.complete,
+        trailers: req.trailers.clone(),
     }
 }
 
@@ -51,6 +52,27 @@ impl Handler for Proxied {
         };
         let serial_header = HeaderField::new("x-demo-serial", serial.to_string());
         match script {
+            Some(s) if !s.trailers.is_empty() => {
+                // Chunked, with the trailers after the last chunk (the server sends a body
+                // framed by `transfer-encoding` as it is).
+                let mut headers = s.headers;
+                headers.push(serial_header);
+                headers.push(HeaderField::new("transfer-encoding", "chunked"));
+                let mut body = crate::http1::wire::encode_chunk(&s.body_base64);
+                body.extend_from_slice(b"0\r\n");
+                for t in &s.trailers {
+                    body.extend_from_slice(&t.name);
+                    body.extend_from_slice(b": ");
+                    body.extend_from_slice(&t.value);
+                    body.extend_from_slice(b"\r\n");
+                }
+                body.extend_from_slice(b"\r\n");
+                Response {
+                    status: s.status,
+                    headers,
+                    body,
+                }
+            }
             Some(s) => {
                 let mut headers = s.headers;
                 headers.push(serial_header);

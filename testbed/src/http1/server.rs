@@ -18,6 +18,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// False when the client vanished before the body ended.
     pub complete: bool,
+    /// Trailer fields of a chunked body, in order.
+    pub trailers: Vec<HeaderField>,
 }
 
 /// A response to send. `content-length` is added unless the headers already
@@ -168,6 +170,7 @@ async fn connection<H: Handler>(mut conn: BufStream, handler: Arc<H>) {
             head,
             body: body.body,
             complete: body.complete,
+            trailers: body.trailers,
         };
         if !req.complete {
             handler.incomplete(req);

@@ -190,6 +190,11 @@ impl Rig {
                     .map(|(n, v)| HeaderField::new(n, v.to_vec()))
                     .collect(),
                 body_base64: u.body.to_vec(),
+                trailers: u
+                    .trailers
+                    .iter()
+                    .map(|(n, v)| HeaderField::new(n, v.to_vec()))
+                    .collect(),
             })
             .await?;
         let behaviour = match &case.backend {
@@ -244,11 +249,16 @@ impl Rig {
             raw_req.headers.push(HeaderField::new(n, v.to_vec()));
         }
         let chunks: Vec<Vec<u8>> = req.body.iter().map(|b| b.to_vec()).collect();
-        raw_req.body = match chunks.len() {
-            0 => Body::None,
-            1 => Body::ContentLength(chunks),
+        raw_req.body = match (chunks.len(), req.trailers.is_empty()) {
+            (0, _) => Body::None,
+            (1, true) => Body::ContentLength(chunks),
             _ => Body::Chunked(chunks),
         };
+        raw_req.trailers = req
+            .trailers
+            .iter()
+            .map(|(n, v)| HeaderField::new(n, v.to_vec()))
+            .collect();
         raw_req.chunk_delay = Duration::from_millis(5);
         let resp = if req.reset_during_lookup {
             self.send_and_reset_during_lookup(site.listener, &raw_req)
@@ -346,6 +356,11 @@ impl Rig {
                 .map(|h| (h.name.clone(), h.value.clone()))
                 .collect(),
             client_body: resp.body.clone(),
+            client_trailers: resp
+                .trailers
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
             upstream: complete.first().map(|r| UpstreamSaw {
                 method: r.method.clone(),
                 path: r.path.clone(),
@@ -355,6 +370,11 @@ impl Rig {
                     .map(|h| (h.name.clone(), h.value.clone()))
                     .collect(),
                 body: r.body_base64.clone(),
+                trailers: r
+                    .trailers
+                    .iter()
+                    .map(|h| (h.name.clone(), h.value.clone()))
+                    .collect(),
             }),
             inject: bodies("/v1/inject"),
             extract: bodies("/v1/traces"),
