@@ -4,7 +4,9 @@
 //! bytes, headers in order, and decoded body.
 
 use crate::header::HeaderField;
-use crate::http1::wire::{encode_chunk, framing, write_head, BufStream, Framing, LAST_CHUNK};
+use crate::http1::wire::{
+    encode_chunk, encode_last_chunk, framing, write_head, BufStream, Framing,
+};
 use anyhow::{anyhow, Context, Result};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -101,19 +103,7 @@ impl RawRequest {
                     .map(|c| encode_chunk(c))
                     .filter(|c| !c.is_empty())
                     .collect();
-                if self.trailers.is_empty() {
-                    w.push(LAST_CHUNK.to_vec());
-                } else {
-                    let mut last = b"0\r\n".to_vec();
-                    for t in &self.trailers {
-                        last.extend_from_slice(&t.name);
-                        last.extend_from_slice(b": ");
-                        last.extend_from_slice(&t.value);
-                        last.extend_from_slice(b"\r\n");
-                    }
-                    last.extend_from_slice(b"\r\n");
-                    w.push(last);
-                }
+                w.push(encode_last_chunk(&self.trailers));
                 w
             }
         };

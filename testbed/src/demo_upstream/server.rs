@@ -59,14 +59,7 @@ impl Handler for Proxied {
                 headers.push(serial_header);
                 headers.push(HeaderField::new("transfer-encoding", "chunked"));
                 let mut body = crate::http1::wire::encode_chunk(&s.body_base64);
-                body.extend_from_slice(b"0\r\n");
-                for t in &s.trailers {
-                    body.extend_from_slice(&t.name);
-                    body.extend_from_slice(b": ");
-                    body.extend_from_slice(&t.value);
-                    body.extend_from_slice(b"\r\n");
-                }
-                body.extend_from_slice(b"\r\n");
+                body.extend_from_slice(&crate::http1::wire::encode_last_chunk(&s.trailers));
                 Response {
                     status: s.status,
                     headers,

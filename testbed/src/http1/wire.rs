@@ -327,5 +327,18 @@ pub fn encode_chunk(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The terminating chunk followed by these trailers (none: [`LAST_CHUNK`]).
+pub fn encode_last_chunk(trailers: &[HeaderField]) -> Vec<u8> {
+    let mut out = b"0\r\n".to_vec();
+    for t in trailers {
+        out.extend_from_slice(&t.name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&t.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// The terminating chunk with no trailers.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
