@@ -434,13 +434,18 @@ fn strict_mode_answers_502_locally() {
 }
 
 #[test]
-fn trailers_end_the_body_when_envoy_sends_them() {
-    let (mut p, _) = phases("{}");
+fn trailers_pass_the_request_through_when_envoy_sends_them() {
+    // As on every host: a request with trailers is neither looked up nor recorded.
+    let (mut p, c) = phases("{}");
     respond!(p, p.handle(req_headers("POST", "/q", &[], false)));
-    let step = p.handle(msg(Q::RequestTrailers(HttpTrailers::default())));
-    lookup(step);
-    let r = p.after_lookup(MISS);
+    let (r, queued) = respond!(
+        p,
+        p.handle(msg(Q::RequestTrailers(HttpTrailers::default())))
+    );
     is_continue(&r, Phase::RequestTrailers);
+    assert!(queued.is_none());
+    assert_eq!(c.get(Counter::BypassTrailers), 1);
+    assert_eq!(c.get(Counter::Lookups), 0);
 }
 
 #[test]
