@@ -94,7 +94,7 @@ bench-smoke: wasm-target ## Every bench for seconds with tiny counts, debug buil
 # Fuzzing (fuzz/README.md): every target for FUZZ_SECONDS each, on its committed corpus; a crash is
 # written to fuzz/artifacts/<target>/ and stops the run. Not part of `make test`.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := answer otlp_json config ingest engine
+FUZZ_TARGETS := answer otlp_json config ingest engine import
 .PHONY: fuzz
 fuzz: ## Fuzz every parser of outside input and the engine for FUZZ_SECONDS each (installs cargo-fuzz on first use).
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
