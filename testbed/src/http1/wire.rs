@@ -327,17 +327,10 @@ pub fn encode_chunk(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The terminating chunk followed by these trailers (none: [`LAST_CHUNK`]).
+/// The terminating chunk followed by these trailers (none: [`LAST_CHUNK`]): the same layout as
+/// a head whose start line is `0`.
 pub fn encode_last_chunk(trailers: &[HeaderField]) -> Vec<u8> {
-    let mut out = b"0\r\n".to_vec();
-    for t in trailers {
-        out.extend_from_slice(&t.name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(&t.value);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
+    write_head(b"0", trailers)
 }
 
 /// The terminating chunk with no trailers.
