@@ -12,7 +12,6 @@ use std::io::{self, Read, Write};
 use std::rc::Rc;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize};
 
 use crate::recording::Recording;
 use crate::store::{Inserted, Store, StoreError};
@@ -27,28 +26,6 @@ pub const PAGE: usize = 32;
 pub const BATCH_RECORDINGS: usize = 256;
 /// Bytes of recordings (their JSON form) committed together by an import, at most.
 pub const BATCH_BYTES: u64 = 8 << 20;
-
-/// An export document held whole (small documents and tests; the server and the CLI stream).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportDocument {
-    /// Always [`FORMAT`].
-    pub format: String,
-    /// [`VERSION`] when written; later versions are refused.
-    pub version: u32,
-    /// The recordings, oldest first. Their ids are replaced on import; their recorded times kept.
-    pub recordings: Vec<Recording>,
-}
-
-impl ExportDocument {
-    /// A document holding these recordings.
-    pub fn new(recordings: Vec<Recording>) -> ExportDocument {
-        ExportDocument {
-            format: FORMAT.to_owned(),
-            version: VERSION,
-            recordings,
-        }
-    }
-}
 
 /// Writes every recording of `store` as an export document to `out`, oldest first, reading
 /// [`PAGE`] recordings per read transaction (a recording stored during the export is included

@@ -1,7 +1,6 @@
 //! The Softprobe endpoints: `POST /v1/traces` (record) and `POST /v1/inject` (lookup).
 
 use std::hash::{BuildHasher as _, RandomState};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -44,15 +43,9 @@ pub fn answer_format(headers: &HeaderMap) -> Format {
     }
 }
 
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 fn random_u64() -> u64 {
     loop {
-        let v = RandomState::new().hash_one(now_nanos());
+        let v = RandomState::new().hash_one(crate::store::now_unix_nanos());
         if v != 0 {
             return v;
         }
@@ -91,7 +84,7 @@ async fn record(
 ) -> Result<(), ApiError> {
     let bytes = body::read(headers, body, state.max_body_bytes).await?;
     let traces = decode_traces(&bytes, format).map_err(|e| ApiError::bad_request(e.0))?;
-    let now = now_nanos();
+    let now = crate::store::now_unix_nanos();
     let mut recordings = Vec::new();
     let mut ignored = 0;
     for (resource, span) in traces.spans() {

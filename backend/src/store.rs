@@ -167,7 +167,8 @@ impl Tables<'_> {
         Ok(())
     }
 
-    /// Removes one recording from every table; its stored size, or `None` when there was none.
+    /// Removes one recording from every table, decoding it for its key and time; its stored
+    /// size, or `None` when there was none.
     fn remove(&mut self, id: u64, key_config: &MatchKeyConfig) -> Result<Option<u64>, StoreError> {
         let Some(value) = self.recordings.remove(id)?.map(|v| v.value().to_vec()) else {
             return Ok(None);
@@ -181,8 +182,16 @@ impl Tables<'_> {
         Ok(Some(value.len() as u64))
     }
 
-    /// Keeps the newest `keep` entries of `key`; the ids removed.
-    fn trim_key(&mut self, key: &KeyHash, keep: u64) -> Result<Vec<u64>, StoreError> {
+    /// Removes one recording whose key and time are known (no decoding); its stored size.
+    fn remove_known(&mut self, key: &KeyHash, at: u64, id: u64) -> Result<Option<u64>, StoreError> {
+        let size = self.recordings.remove(id)?.map(|v| v.value().len() as u64);
+        self.index.remove(key.as_slice(), (at, id))?;
+        self.by_time.remove((at, id))?;
+        Ok(size)
+    }
+
+    /// Keeps the newest `keep` entries of `key`; the `(recorded_at, id)` pairs to remove.
+    fn trim_key(&mut self, key: &KeyHash, keep: u64) -> Result<Vec<(u64, u64)>, StoreError> {
         let mut entries = Vec::new();
         for entry in self.index.get(key.as_slice())? {
             entries.push(entry?.value());
@@ -190,7 +199,8 @@ impl Tables<'_> {
         let excess = (entries.len() as u64).saturating_sub(keep);
         let excess = usize::try_from(excess).unwrap_or(usize::MAX);
         // Entries come sorted by (recorded_at, id): the first are the oldest.
-        Ok(entries.into_iter().take(excess).map(|(_, id)| id).collect())
+        entries.truncate(excess);
+        Ok(entries)
     }
 }
 
@@ -368,8 +378,8 @@ impl Store {
                     out.ids.push(rec.id);
                     next_id = rec.id.saturating_add(1);
                     if self.retention.keep_per_key > 0 {
-                        for old in tables.trim_key(&key, self.retention.keep_per_key)? {
-                            if let Some(size) = tables.remove(old, &self.key)? {
+                        for (at, old) in tables.trim_key(&key, self.retention.keep_per_key)? {
+                            if let Some(size) = tables.remove_known(&key, at, old)? {
                                 bytes = bytes.saturating_sub(size);
                                 out.replaced += 1;
                             }

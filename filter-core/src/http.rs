@@ -15,6 +15,15 @@ pub fn header<'a, N: AsRef<[u8]>, V: AsRef<[u8]>>(
         .map(|(_, v)| v.as_ref())
 }
 
+/// The `content-length` value, when it is a number.
+pub fn content_length<N: AsRef<[u8]>, V: AsRef<[u8]>>(headers: &[(N, V)]) -> Option<u64> {
+    std::str::from_utf8(header(headers, "content-length")?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A status code from its header value (`:status`): three ASCII digits, 100-999 (surrounding
 /// whitespace allowed). `None` for anything else.
 pub fn parse_status(value: &[u8]) -> Option<u16> {

@@ -192,8 +192,7 @@ impl Phases {
             Q::RequestHeaders(h) => {
                 let (headers, raw) = headers_of(h.headers.as_ref());
                 self.raw_values = raw;
-                self.content_length = filter_core::http::header(&headers, "content-length")
-                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
+                self.content_length = filter_core::http::content_length(&headers)
                     .filter(|n| *n <= self.keep_length_max);
                 let d = self.stream.on_request_headers(headers, h.end_of_stream);
                 self.decide(Phase::RequestHeaders, d, h.end_of_stream)

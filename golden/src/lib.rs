@@ -533,10 +533,7 @@ impl Sim<'_> {
             if let Some(callout) = &d.effects.lookup {
                 if self.case.request.reset_during_lookup {
                     // The client is gone: Envoy resets the stream, the lookup is cancelled.
-                    self.obs
-                        .inject
-                        .push((Some("application/x-protobuf".into()), callout.body.clone()));
-                    self.obs.backend_headers.push(callout_headers(callout));
+                    self.saw_lookup(callout);
                     let d = self.stream.on_reset();
                     if d.effects.lookup.is_some() || d.effects.reply.is_some() {
                         return Err("the engine acted on a reset stream".into());
@@ -580,11 +577,16 @@ impl Sim<'_> {
         self.upstream()
     }
 
-    fn lookup(&mut self, callout: &filter_core::engine::Callout) -> Result<Decision, String> {
+    /// The backend received this lookup.
+    fn saw_lookup(&mut self, callout: &filter_core::engine::Callout) {
         self.obs
             .inject
             .push((Some("application/x-protobuf".into()), callout.body.clone()));
         self.obs.backend_headers.push(callout_headers(callout));
+    }
+
+    fn lookup(&mut self, callout: &filter_core::engine::Callout) -> Result<Decision, String> {
+        self.saw_lookup(callout);
         let answer = backend_answer(&self.case.backend);
         let result = match (&self.case.backend, &answer) {
             // The host's timeout fires first; the late answer is never delivered.

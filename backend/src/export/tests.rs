@@ -1,6 +1,28 @@
 use super::*;
 use crate::config::MatchKeyConfig;
 
+/// An export document held whole, to build and read documents in tests (the code streams).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ExportDocument {
+    /// Always [`FORMAT`].
+    format: String,
+    /// [`VERSION`] when written; later versions are refused.
+    version: u32,
+    /// The recordings, oldest first. Their ids are replaced on import; their recorded times kept.
+    recordings: Vec<Recording>,
+}
+
+impl ExportDocument {
+    /// A document holding these recordings.
+    fn new(recordings: Vec<Recording>) -> ExportDocument {
+        ExportDocument {
+            format: FORMAT.to_owned(),
+            version: VERSION,
+            recordings,
+        }
+    }
+}
+
 fn rec(path: &str, body: usize) -> Recording {
     crate::recording::sample(path, 1, &vec![b'x'; body])
 }

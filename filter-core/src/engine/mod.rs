@@ -256,14 +256,6 @@ fn pseudo_or<'a>(headers: &'a [Header], pseudo: &str, fallback: &str) -> &'a [u8
         .unwrap_or_default()
 }
 
-fn content_length(headers: &[Header]) -> Option<u64> {
-    std::str::from_utf8(http::header(headers, "content-length")?)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 impl Stream {
     pub fn new(engine: Arc<Engine>) -> Stream {
         Stream {
@@ -589,7 +581,7 @@ impl Stream {
             return self.bypass(Bypass::BreakerOpen);
         }
         let limit = self.config().max_request_body_bytes;
-        if content_length(&headers).is_some_and(|n| n > limit as u64) {
+        if http::content_length(&headers).is_some_and(|n| n > limit as u64) {
             return self.bypass(Bypass::RequestTooLarge);
         }
         // Our spans continue the caller's trace, or the one the propagation just started.
@@ -863,7 +855,7 @@ impl Stream {
         // A response to HEAD, a 204 or a 304 has no body whatever its `content-length` says.
         let bodiless = self.method == b"HEAD" || status == 204 || status == 304;
         let limit = self.config().max_response_body_bytes;
-        if !bodiless && content_length(&headers).is_some_and(|n| n > limit as u64) {
+        if !bodiless && http::content_length(&headers).is_some_and(|n| n > limit as u64) {
             self.bypass(Bypass::ResponseTooLarge);
             return Step::Continue;
         }
