@@ -390,7 +390,14 @@ const TOP_KEYS: &[&str] = &[
     "breaker",
 ];
 const BREAKER_KEYS: &[&str] = &["consecutive_failures", "backoff_ms", "max_backoff_ms"];
-const RECORDS_KEYS: &[&str] = &["max_queued", "max_queued_bytes", "max_in_flight"];
+const RECORDS_KEYS: &[&str] = &[
+    "max_queued",
+    "max_queued_bytes",
+    "max_in_flight",
+    "batch_max_records",
+    "batch_max_bytes",
+    "linger_ms",
+];
 const BACKEND_KEYS: &[&str] = &[
     "cluster",
     "authority",
@@ -911,6 +918,18 @@ fn read_records(r: &Obj<'_>, out: &mut RecordLimits) -> Result<(), ConfigError> 
             4 * MAX_BODY_LIMIT,
         ),
         ("max_in_flight", &mut out.max_in_flight, count, 1024),
+        (
+            "batch_max_records",
+            &mut out.batch_max_records,
+            count,
+            10_000,
+        ),
+        (
+            "batch_max_bytes",
+            &mut out.batch_max_bytes,
+            "a number of bytes (a positive integer)",
+            4 * MAX_BODY_LIMIT,
+        ),
     ] {
         if let Some(n) = r.uint(key, what, max)? {
             if n == 0 {
@@ -918,6 +937,9 @@ fn read_records(r: &Obj<'_>, out: &mut RecordLimits) -> Result<(), ConfigError> 
             }
             *slot = usize::try_from(n).unwrap_or(usize::MAX);
         }
+    }
+    if let Some(n) = r.uint("linger_ms", "milliseconds (an integer, 0 for none)", 1000)? {
+        out.linger_ms = n;
     }
     Ok(())
 }

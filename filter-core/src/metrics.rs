@@ -96,6 +96,7 @@ counters! {
     RecordsSent => "records_sent", "Records accepted by the backend (2xx).";
     RecordFailures => "record_failures", "Records refused by the backend or lost in transit.";
     RecordsDropped => "records_dropped", "Records dropped before sending (queue full).";
+    RecordBatches => "record_batches", "Record callouts sent (each carries a batch of one or more records).";
     BypassModeOff => "bypass_mode_off", "Requests passed through because mode is off.";
     BypassMethod => "bypass_method", "Requests passed through for their method.";
     BypassHost => "bypass_host", "Requests passed through by a host rule.";

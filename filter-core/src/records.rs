@@ -9,8 +9,17 @@
 //! - **Bounded in flight** (`records.max_in_flight`): at most that many record callouts at once,
 //!   so a host opens at most that many connections to the backend for records and never fills
 //!   Envoy's pending-request queue.
+//! - **Batched**: a callout carries up to `records.batch_max_records` records (at most
+//!   `records.batch_max_bytes` of them, a larger record goes alone) as one OTLP `TracesData`: the
+//!   records' encoded `TracesData` bodies concatenated, which protobuf reads as one message whose
+//!   `resource_spans` are all of theirs. When no record callout is in flight the queue hands out
+//!   what it holds at once, so a quiet proxy records without delay; while one is in flight, records
+//!   wait for a full batch, for a callout to end, or until the oldest has waited
+//!   `records.linger_ms` (checked whenever the host asks for work). Under load a batch therefore
+//!   holds what arrived during one backend round trip, and a record waits at most one record
+//!   timeout.
 //! - Every record ends counted once: `records_sent` (2xx), `record_failures` (any other answer,
-//!   or none) or `records_dropped`.
+//!   or none) or `records_dropped`; every callout is counted in `record_batches`.
 //! - A circuit breaker ([`crate::breaker`]): after `breaker.consecutive_failures` failed records
 //!   in a row, new records are dropped (`records_dropped`) until a probe record gets through.
 //!
@@ -32,6 +41,12 @@ pub struct RecordLimits {
     pub max_queued_bytes: usize,
     /// Record callouts at once.
     pub max_in_flight: usize,
+    /// Records in one callout.
+    pub batch_max_records: usize,
+    /// Bytes of the records in one callout (a larger record goes alone).
+    pub batch_max_bytes: usize,
+    /// How long a record waits for a fuller batch while another is in flight, in ms.
+    pub linger_ms: u64,
 }
 
 impl Default for RecordLimits {
@@ -40,23 +55,72 @@ impl Default for RecordLimits {
             max_queued: 1024,
             max_queued_bytes: 16 * 1024 * 1024,
             max_in_flight: 8,
+            batch_max_records: 64,
+            batch_max_bytes: 1024 * 1024,
+            linger_ms: 5,
         }
     }
 }
 
-/// A record handed to the host to send; report how it ended with [`RecordQueue::finish`].
+/// A batch of records handed to the host to send as one callout; report how it ended with
+/// [`RecordQueue::finish`].
 #[derive(Debug)]
 pub struct Outgoing {
     pub ticket: u64,
     pub callout: Callout,
+    /// Records the callout carries.
+    pub records: usize,
+}
+
+#[derive(Debug)]
+struct Queued {
+    callout: Callout,
+    /// When it was queued, in ms.
+    at_ms: u64,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    queue: VecDeque<Callout>,
+    queue: VecDeque<Queued>,
     bytes: usize,
-    in_flight: Vec<u64>,
+    /// Tickets of the callouts in flight and how many records each carries.
+    in_flight: Vec<(u64, usize)>,
     next_ticket: u64,
+}
+
+impl Inner {
+    /// Whether what is queued makes a batch worth sending now.
+    fn batch_due(&self, limits: &RecordLimits, now_ms: u64) -> bool {
+        let Some(oldest) = self.queue.front() else {
+            return false;
+        };
+        self.in_flight.is_empty()
+            || self.queue.len() >= limits.batch_max_records
+            || self.bytes >= limits.batch_max_bytes
+            || now_ms.saturating_sub(oldest.at_ms) >= limits.linger_ms
+    }
+
+    /// Takes the next batch off the queue: at least one record, then more while they fit.
+    fn take_batch(&mut self, limits: &RecordLimits) -> Option<(Callout, usize)> {
+        let mut batch = self.queue.pop_front()?.callout;
+        let mut records = 1;
+        while records < limits.batch_max_records {
+            let fits = self.queue.front().is_some_and(|q| {
+                batch.body.len().saturating_add(q.callout.body.len()) <= limits.batch_max_bytes
+            });
+            if !fits {
+                break;
+            }
+            let Some(next) = self.queue.pop_front() else {
+                break;
+            };
+            batch.body.extend_from_slice(&next.callout.body);
+            batch.timeout_ms = batch.timeout_ms.max(next.callout.timeout_ms);
+            records += 1;
+        }
+        self.bytes = self.bytes.saturating_sub(batch.body.len());
+        Some((batch, records))
+    }
 }
 
 /// The record queue of one engine.
@@ -123,35 +187,44 @@ impl RecordQueue {
             return false;
         }
         q.bytes += size;
-        q.queue.push_back(callout);
+        let at_ms = self.now_ms();
+        q.queue.push_back(Queued { callout, at_ms });
         true
     }
 
-    /// The next record to send, when one is waiting and fewer than `max_in_flight` are out.
+    /// The next batch to send: when records are waiting, fewer than `max_in_flight` callouts are
+    /// out and a batch is due (see the module's doc). Hosts call it whenever a record was queued,
+    /// a callout ended or a timer ticked, until it answers `None`.
     pub fn next(&self) -> Option<Outgoing> {
+        let now_ms = self.now_ms();
         let mut q = self.lock();
-        if q.in_flight.len() >= self.limits.max_in_flight {
+        if q.in_flight.len() >= self.limits.max_in_flight || !q.batch_due(&self.limits, now_ms) {
             return None;
         }
-        let callout = q.queue.pop_front()?;
-        q.bytes = q.bytes.saturating_sub(callout.body.len());
+        let (callout, records) = q.take_batch(&self.limits)?;
         q.next_ticket = q.next_ticket.wrapping_add(1);
         let ticket = q.next_ticket;
-        q.in_flight.push(ticket);
-        Some(Outgoing { ticket, callout })
+        q.in_flight.push((ticket, records));
+        drop(q);
+        self.metrics.add(Counter::RecordBatches, 1);
+        Some(Outgoing {
+            ticket,
+            callout,
+            records,
+        })
     }
 
-    /// How a record handed out by [`RecordQueue::next`] ended (a ticket counts once).
+    /// How a batch handed out by [`RecordQueue::next`] ended (a ticket counts once; its records
+    /// are counted by how it ended).
     pub fn finish(&self, ticket: u64, result: RecordResult) {
-        let known = {
+        let records = {
             let mut q = self.lock();
-            let before = q.in_flight.len();
-            q.in_flight.retain(|t| *t != ticket);
-            q.in_flight.len() != before
+            let at = q.in_flight.iter().position(|(t, _)| *t == ticket);
+            at.map(|i| q.in_flight.swap_remove(i).1)
         };
-        if !known {
+        let Some(records) = records else {
             return;
-        }
+        };
         let counter = match result {
             RecordResult::Status(s) if (200..300).contains(&s) => {
                 self.breaker.success();
@@ -165,7 +238,7 @@ impl RecordQueue {
                 Counter::RecordFailures
             }
         };
-        self.metrics.add(counter, 1);
+        self.metrics.add(counter, records as u64);
     }
 
     /// Records waiting.
@@ -180,7 +253,7 @@ impl RecordQueue {
 
     /// Records being sent.
     pub fn in_flight(&self) -> usize {
-        self.lock().in_flight.len()
+        self.lock().in_flight.iter().map(|(_, n)| n).sum()
     }
 }
 
@@ -208,6 +281,8 @@ mod tests {
             max_queued,
             max_queued_bytes,
             max_in_flight,
+            batch_max_records: 1,
+            ..RecordLimits::default()
         };
         let breaker = Breaker::new(crate::breaker::BreakerConfig {
             consecutive_failures: 0,
@@ -256,6 +331,144 @@ mod tests {
         q.finish(c.ticket, RecordResult::Failed);
         assert_eq!(counters.get(Counter::RecordFailures), 2);
         assert_eq!((q.queued(), q.in_flight(), q.queued_bytes()), (0, 0, 0));
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use crate::codec::{decode_traces, Format};
+    use crate::metrics::AtomicCounters;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct Rig {
+        q: RecordQueue,
+        counters: Arc<AtomicCounters>,
+        now_ms: Arc<AtomicU64>,
+    }
+
+    fn rig(limits: RecordLimits) -> Rig {
+        let counters = Arc::new(AtomicCounters::default());
+        let now_ms = Arc::new(AtomicU64::new(1_000));
+        let t = now_ms.clone();
+        let clock: Clock = Arc::new(move || t.load(Ordering::Relaxed) * 1_000_000);
+        let breaker = Breaker::new(crate::breaker::BreakerConfig::default());
+        Rig {
+            q: RecordQueue::new(limits, breaker, counters.clone(), clock),
+            counters,
+            now_ms,
+        }
+    }
+
+    /// A one-span `TracesData` as the engine encodes a record, its span named `name`.
+    fn record(name: &str) -> Callout {
+        let body = crate::wire::encode(&crate::wire::TracesOut {
+            service_name: "svc",
+            scope_name: "test",
+            scope_version: "0",
+            span: crate::wire::SpanOut {
+                name,
+                ..Default::default()
+            },
+        });
+        Callout {
+            cluster: "c".into(),
+            headers: vec![(":path".into(), "/v1/traces".into())],
+            body,
+            timeout_ms: 100,
+        }
+    }
+
+    fn names(callout: &Callout) -> Vec<String> {
+        decode_traces(&callout.body, Format::Protobuf)
+            .unwrap()
+            .spans()
+            .map(|(_, s)| s.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn an_idle_queue_sends_at_once_and_a_busy_one_batches_what_arrives_meanwhile() {
+        let r = rig(RecordLimits::default());
+        assert!(r.q.push(record("a")));
+        let first = r.q.next().expect("nothing in flight: sent at once");
+        assert_eq!(
+            (first.records, names(&first.callout)),
+            (1, vec!["a".into()])
+        );
+        for n in ["b", "c", "d"] {
+            assert!(r.q.push(record(n)));
+        }
+        assert!(
+            r.q.next().is_none(),
+            "one in flight: waits for a fuller batch"
+        );
+        r.q.finish(first.ticket, RecordResult::Status(200));
+        let second = r.q.next().expect("the callout ended: what waited goes");
+        assert_eq!(second.records, 3);
+        assert_eq!(
+            names(&second.callout),
+            ["b", "c", "d"],
+            "one TracesData, in order"
+        );
+        assert_eq!(second.callout.headers, record("x").headers);
+        r.q.finish(second.ticket, RecordResult::Status(200));
+        assert_eq!(r.counters.get(Counter::RecordsSent), 4);
+        assert_eq!(r.counters.get(Counter::RecordBatches), 2);
+    }
+
+    #[test]
+    fn a_full_batch_or_the_linger_sends_while_another_is_in_flight() {
+        let r = rig(RecordLimits {
+            batch_max_records: 2,
+            linger_ms: 5,
+            ..RecordLimits::default()
+        });
+        r.q.push(record("a"));
+        let a = r.q.next().unwrap();
+        r.q.push(record("b"));
+        assert!(r.q.next().is_none());
+        r.q.push(record("c"));
+        let bc = r.q.next().expect("a full batch goes");
+        assert_eq!(names(&bc.callout), ["b", "c"]);
+        r.q.push(record("d"));
+        r.now_ms.fetch_add(4, Ordering::Relaxed);
+        assert!(r.q.next().is_none(), "younger than the linger");
+        r.now_ms.fetch_add(1, Ordering::Relaxed);
+        let d = r.q.next().expect("lingered long enough");
+        assert_eq!(d.records, 1);
+        assert_eq!(r.q.in_flight(), 4, "records in flight");
+        r.q.finish(a.ticket, RecordResult::Failed);
+        r.q.finish(bc.ticket, RecordResult::Status(500));
+        r.q.finish(d.ticket, RecordResult::Dropped);
+        assert_eq!(r.counters.get(Counter::RecordFailures), 3);
+        assert_eq!(r.counters.get(Counter::RecordsDropped), 1);
+    }
+
+    #[test]
+    fn a_batch_stays_within_its_byte_bound_and_a_larger_record_goes_alone() {
+        let one = record("x").body.len();
+        let r = rig(RecordLimits {
+            batch_max_bytes: 2 * one,
+            ..RecordLimits::default()
+        });
+        let big = Callout {
+            body: [record("x").body.as_slice(); 3].concat(),
+            ..record("x")
+        };
+        r.q.push(big);
+        for _ in 0..3 {
+            r.q.push(record("x"));
+        }
+        let sizes = |r: &Rig| -> Vec<(usize, usize)> {
+            std::iter::from_fn(|| r.q.next())
+                .map(|o| (o.records, o.callout.body.len()))
+                .collect()
+        };
+        assert_eq!(sizes(&r), [(1, 3 * one), (2, 2 * one)], "the rest lingers");
+        r.now_ms.fetch_add(5, Ordering::Relaxed);
+        assert_eq!(sizes(&r), [(1, one)]);
+        assert_eq!(r.q.queued_bytes(), 0);
     }
 }
 

@@ -109,7 +109,7 @@ impl Rig {
     async fn wait_for_records(&self, n: usize, within: Duration) -> Result<usize> {
         let deadline = Instant::now() + within;
         loop {
-            let got = self.backend.received_on("/v1/traces").await?.len();
+            let got = self.backend.records().await?;
             if got >= n || Instant::now() >= deadline {
                 return Ok(got);
             }

@@ -284,3 +284,31 @@ fn the_breaker_is_on_by_default_and_can_be_tuned_or_turned_off() {
         .message
         .contains("consecutive_failures"));
 }
+
+#[test]
+fn record_batches_are_bounded_and_can_be_turned_into_single_records() {
+    let r = Config::from_json(b"{}").unwrap().records();
+    assert_eq!(
+        (r.batch_max_records, r.batch_max_bytes, r.linger_ms),
+        (64, 1 << 20, 5)
+    );
+    let r = Config::from_json(
+        br#"{"records": {"batch_max_records": 1, "batch_max_bytes": 4096, "linger_ms": 0}}"#,
+    )
+    .unwrap()
+    .records();
+    assert_eq!(
+        (r.batch_max_records, r.batch_max_bytes, r.linger_ms),
+        (1, 4096, 0)
+    );
+    assert_eq!(
+        err(r#"{"records": {"batch_max_records": 0}}"#).key,
+        "records.batch_max_records"
+    );
+    assert_eq!(
+        err(r#"{"records": {"linger_ms": 5000}}"#).key,
+        "records.linger_ms"
+    );
+    let e = err(r#"{"records": {"batch_records": 8}}"#);
+    assert!(e.to_string().contains("batch_max_records"), "{e}");
+}

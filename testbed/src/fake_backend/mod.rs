@@ -64,6 +64,20 @@ impl FakeBackend {
             .collect())
     }
 
+    /// Records received on `/v1/traces`: the spans of every `TracesData` there (a filter sends
+    /// records in batches, several per request); a body that does not decode counts as one.
+    pub async fn records(&self) -> Result<usize> {
+        Ok(self
+            .received_on("/v1/traces")
+            .await?
+            .iter()
+            .map(|r| {
+                filter_core::codec::decode_traces(&r.body_base64, filter_core::Format::Protobuf)
+                    .map_or(1, |t| t.spans().count())
+            })
+            .sum())
+    }
+
     /// Forgets what was received.
     pub async fn clear_received(&self) -> Result<()> {
         self.svc.delete("/received").await
