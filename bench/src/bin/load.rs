@@ -325,7 +325,7 @@ async fn real_table(ctx: &Ctx, hosts: &[Host]) -> Result<String> {
     let size = 1024;
     ctx.servers.set(Path::Miss, size);
     let mut t = String::from(
-        "| host | req/s | requests | records sent | dropped | failed | stored by the backend | lost | connections to the backend | Envoy pending overflows |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| host | req/s | requests | records sent | dropped | failed | stored by the backend | lost | record callouts (records each) | connections to the backend | Envoy pending overflows |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for &h in hosts.iter().filter(|h| **h != Host::NoFilter) {
         let Some(shape) = h.shape() else { continue };
@@ -404,7 +404,7 @@ async fn real_table(ctx: &Ctx, hosts: &[Host]) -> Result<String> {
         );
         let _ = writeln!(
             t,
-            "| {} | {:.0} | {} | {} | {} | {} | {stored} | {lost} ({:.2}%) | {connections} | {overflows} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {stored} | {lost} ({:.2}%) | {} ({:.1}) | {connections} | {overflows} |",
             h.key(),
             run.rps,
             run.requests,
@@ -412,11 +412,13 @@ async fn real_table(ctx: &Ctx, hosts: &[Host]) -> Result<String> {
             get("records_dropped"),
             get("record_failures"),
             100.0 * lost as f64 / run.requests.max(1) as f64,
+            get("record_batches"),
+            get("records_sent") as f64 / get("record_batches").max(1) as f64,
         );
     }
     let _ = write!(
         t,
-        "\nThe real `backend` (release build, group commit) as the record peer, `mode: record_only`, every request a miss recorded, 1 KiB request and response bodies, {} connections for {} s, one run per host. *Lost* is requests minus recordings stored; *connections* counts the distinct connections to the backend seen during the run (Envoy's, or the sidecar's own). Measured {}.\n",
+        "\nThe real `backend` (release build, group commit) as the record peer, `mode: record_only`, every request a miss recorded, 1 KiB request and response bodies, {} connections for {} s, one run per host. *Lost* is requests minus recordings stored; *record callouts* is `record_batches` (one `POST /v1/traces` each, records batched as one OTLP `TracesData`); *connections* counts the distinct connections to the backend seen during the run (Envoy's, or the sidecar's own). Measured {}.\n",
         a.concurrency,
         a.seconds + a.warmup,
         report::today()
