@@ -67,7 +67,11 @@ bench-envoy: wasm-target ## Criterion: sequential latency through real Envoy per
 bench-load: wasm-target ## Load through real Envoy per host versus no filter: req/s, p50/p99, CPU, RSS; records into the real backend (BENCH_LOAD_ARGS=--help).
 	@scripts/ensure-envoy.sh >/dev/null
 	$(CARGO) build --locked --release -p backend
-	BACKEND_BIN=$(TARGET_DIR)/release/backend $(CARGO) run --locked --profile bench -p bench --bin load -- $(BENCH_LOAD_ARGS)
+	$(CARGO) build --locked --profile bench -p bench --bin load
+	@# Envoy on CPU 0, the driver, upstream, backend and sidecar on the others (when there are).
+	if command -v taskset >/dev/null && [ "$$(nproc)" -ge 2 ]; then \
+	  pin="taskset -c 1-$$(($$(nproc) - 1))"; export TESTBED_ENVOY_CPUS=0; fi; \
+	BACKEND_BIN=$(TARGET_DIR)/release/backend $$pin $(TARGET_DIR)/release/load $(BENCH_LOAD_ARGS)
 
 bench-soak: wasm-target ## A million requests through the wasm plugin with the real backend (release), mixed sizes up to 1 MiB, Envoy and backend RSS sampled (tens of minutes; BENCH_SOAK_ARGS=--help). Not part of `make test`.
 	@scripts/ensure-envoy.sh >/dev/null

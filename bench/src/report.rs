@@ -31,7 +31,12 @@ fn first_line_with(file: &str, key: &str) -> Option<String> {
 
 /// The machine, as a Markdown list: `nproc`, CPU model, memory, kernel, Envoy version.
 pub fn machine() -> String {
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // The machine's CPUs, not this process's affinity (`make bench-load` pins the driver).
+    let nproc = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().filter(|l| l.starts_with("processor")).count())
+        .ok()
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(0, |n| n.get()));
     let cpu = first_line_with("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into());
     let mem = first_line_with("/proc/meminfo", "MemTotal")
         .and_then(|m| m.trim_end_matches("kB").trim().parse::<u64>().ok())

@@ -90,7 +90,16 @@ impl Envoy {
         let log_path = dir.path().join("envoy.log");
         let admin_file = dir.path().join("admin-address");
         let base_id = base_id();
-        let mut cmd = Command::new(bin);
+        // `TESTBED_ENVOY_CPUS=0` runs Envoy under `taskset -c 0` (the benches pin Envoy to one
+        // core and everything else to the others); taskset execs Envoy, so the pid is Envoy's.
+        let mut cmd = match std::env::var("TESTBED_ENVOY_CPUS") {
+            Ok(cpus) if !cpus.trim().is_empty() => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus.trim()]).arg(bin);
+                c
+            }
+            _ => Command::new(bin),
+        };
         cmd.arg("-c")
             .arg(&config)
             .args(["--base-id", &base_id.to_string()])

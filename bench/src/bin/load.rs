@@ -53,6 +53,9 @@ struct Args {
     /// Memory: body size.
     #[arg(long, default_value_t = 1 << 20)]
     mem_size: usize,
+    /// Filter mode of the load table (`record_and_inject`, `record_only`, `inject_only`).
+    #[arg(long, default_value = "record_and_inject")]
+    mode: String,
     /// Parts to skip: load, record, memory, real.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
@@ -149,6 +152,17 @@ fn mib(kib: f64) -> String {
     format!("{:.1} MiB", kib / 1024.0)
 }
 
+/// How Envoy was placed, for the tables' notes (`make bench-load` sets `TESTBED_ENVOY_CPUS`).
+fn pinned() -> String {
+    match std::env::var("TESTBED_ENVOY_CPUS") {
+        Ok(c) if !c.trim().is_empty() => format!(
+            " pinned to CPU {} (`taskset`), the driver, upstream, backend and sidecar on the others",
+            c.trim()
+        ),
+        _ => String::new(),
+    }
+}
+
 fn us(v: f64) -> String {
     report::time(v * 1000.0)
 }
@@ -158,7 +172,7 @@ async fn load_table(ctx: &Ctx, hosts: &[Host]) -> Result<String> {
     let mut t = String::from(
         "| path | body | host | req/s | p50 | p99 | Envoy CPU s / 1000 req | Envoy peak RSS | sidecar CPU s / 1000 req | sidecar peak RSS | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    let config = filter_config("record_and_inject");
+    let config = filter_config(&a.mode);
     for p in &a.paths {
         let path = match p.as_str() {
             "miss" => Path::Miss,
@@ -236,8 +250,8 @@ async fn load_table(ctx: &Ctx, hosts: &[Host]) -> Result<String> {
     let missing: Vec<&str> = Host::missing().iter().map(|h| h.key()).collect();
     let _ = write!(
         t,
-        "\n{} connections, {} s measured after {} s of warm-up, each run on a fresh Envoy; median of {} runs, hosts interleaved; in parentheses the ratio to no-filter from the same run. Measured {}.",
-        a.concurrency, a.seconds, a.warmup, a.repeat, report::today()
+        "\n`mode: {}`, {} connections, {} s measured after {} s of warm-up, each run on a fresh Envoy{}; median of {} runs, hosts interleaved; in parentheses the ratio to no-filter from the same run. Measured {}.",
+        a.mode, a.concurrency, a.seconds, a.warmup, pinned(), a.repeat, report::today()
     );
     if !missing.is_empty() {
         let _ = write!(
@@ -539,7 +553,11 @@ async fn run(mut args: Args) -> Result<()> {
     };
     if !skip("load") {
         let t = load_table(&ctx, &hosts).await?;
-        write("load", &t)?;
+        // The default mode's table is `load`; another mode's goes to its own section.
+        match ctx.args.mode.as_str() {
+            "record_and_inject" => write("load", &t)?,
+            mode => write(&format!("load-{mode}"), &t)?,
+        }
     }
     if !skip("record") {
         let t = record_table(&ctx, &hosts).await?;
