@@ -76,11 +76,12 @@ impl Redactor {
 
 /// `sha256:<hex>` of a value: equal secrets still match, different ones still differ.
 pub fn redacted(value: &[u8]) -> String {
-    use std::fmt::Write as _;
     let mut out = String::with_capacity(7 + 64);
     out.push_str("sha256:");
     for b in Sha256::digest(value) {
-        let _ = write!(out, "{b:02x}");
+        for nibble in [b >> 4, b & 0xf] {
+            out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+        }
     }
     out
 }
@@ -163,7 +164,15 @@ fn push_headers<'a>(
         if skip_pseudo && name.starts_with(':') {
             continue;
         }
-        let key = format!("{prefix}{name}");
+        let mut key = String::with_capacity(prefix.len() + name.len());
+        key.push_str(prefix);
+        key.push_str(&name);
+        let lines_key = || {
+            let mut k = String::with_capacity(encoding::LINES_PREFIX.len() + key.len());
+            k.push_str(encoding::LINES_PREFIX);
+            k.push_str(&key);
+            k
+        };
         let lines: Vec<Cow<'a, [u8]>> = if redactor.is_redacted(&name) {
             values
                 .iter()
@@ -176,18 +185,19 @@ fn push_headers<'a>(
             [one] => one.clone(),
             many => Cow::Owned(encoding::combine(&name, many)),
         };
+        let lines_attr = (lines.len() > 1).then(|| (lines_key(), lines));
         if std::str::from_utf8(&combined).is_ok() {
-            out.push(Attr::new(key.clone(), item(combined)));
+            out.push(Attr::new(key, item(combined)));
         } else {
             out.push(Attr::new(
                 format!("{}{key}", encoding::ENCODING_PREFIX),
                 Val::Str(Cow::Borrowed("base64")),
             ));
-            out.push(Attr::new(key.clone(), Val::Base64(combined)));
+            out.push(Attr::new(key, Val::Base64(combined)));
         }
-        if lines.len() > 1 {
+        if let Some((k, lines)) = lines_attr {
             out.push(Attr::new(
-                format!("{}{key}", encoding::LINES_PREFIX),
+                k,
                 Val::Array(lines.into_iter().map(item).collect()),
             ));
         }
