@@ -1,5 +1,7 @@
 //! HTTP values as the hosts hand them over: names and values as bytes, repeated headers in order.
 
+use std::borrow::Cow;
+
 /// One header line. Names from Envoy are lower-case; values may be any bytes (not only UTF-8).
 pub type Header = (Vec<u8>, Vec<u8>);
 
@@ -44,16 +46,25 @@ pub fn status(headers: &[Header]) -> Option<u16> {
 }
 
 /// Headers grouped by lower-case name, first appearance first, values in the order they came.
-pub fn group(headers: &[Header]) -> Vec<(String, Vec<&[u8]>)> {
-    let mut out: Vec<(String, Vec<&[u8]>)> = Vec::new();
+/// A name that is already lower-case UTF-8 (what Envoy hands over) is borrowed, not copied.
+pub fn group(headers: &[Header]) -> Vec<(Cow<'_, str>, Vec<&[u8]>)> {
+    let mut out: Vec<(Cow<'_, str>, Vec<&[u8]>)> = Vec::with_capacity(headers.len());
     for (name, value) in headers {
-        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        let name = lower(name);
         match out.iter_mut().find(|(n, _)| *n == name) {
             Some((_, values)) => values.push(value),
             None => out.push((name, vec![value.as_slice()])),
         }
     }
     out
+}
+
+/// `name` as lower-case text (invalid UTF-8 replaced), borrowed when it already is.
+fn lower(name: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(name) {
+        Ok(s) if !s.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Borrowed(s),
+        _ => Cow::Owned(String::from_utf8_lossy(name).to_ascii_lowercase()),
+    }
 }
 
 /// True for RFC 9110 `tchar`.
@@ -92,6 +103,22 @@ mod tests {
         for bad in [&b""[..], b"20", b"2000", b"abc", b"099", b"-20", b"2 0"] {
             assert_eq!(super::parse_status(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn headers_group_by_lower_case_name_borrowing_lower_case_ones() {
+        let h = |n: &[u8], v: &[u8]| (n.to_vec(), v.to_vec());
+        let headers = [
+            h(b"x-a", b"1"),
+            h(b"X-A", b"2"),
+            h(b"b\xff", b"3"),
+            h(b"x-a", b"4"),
+        ];
+        let g = super::group(&headers);
+        let names: Vec<&str> = g.iter().map(|(n, _)| n.as_ref()).collect();
+        assert_eq!(names, ["x-a", "b\u{fffd}"]);
+        assert_eq!(g[0].1, [&b"1"[..], b"2", b"4"]);
+        assert!(matches!(g[0].0, std::borrow::Cow::Borrowed(_)));
     }
 }
 
