@@ -78,11 +78,7 @@ impl Redactor {
 pub fn redacted(value: &[u8]) -> String {
     let mut out = String::with_capacity(7 + 64);
     out.push_str("sha256:");
-    for b in Sha256::digest(value) {
-        for nibble in [b >> 4, b & 0xf] {
-            out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
-        }
-    }
+    crate::trace::push_hex(&mut out, &Sha256::digest(value));
     out
 }
 
@@ -164,15 +160,8 @@ fn push_headers<'a>(
         if skip_pseudo && name.starts_with(':') {
             continue;
         }
-        let mut key = String::with_capacity(prefix.len() + name.len());
-        key.push_str(prefix);
-        key.push_str(&name);
-        let lines_key = || {
-            let mut k = String::with_capacity(encoding::LINES_PREFIX.len() + key.len());
-            k.push_str(encoding::LINES_PREFIX);
-            k.push_str(&key);
-            k
-        };
+        // `concat`, not `format!`: one exact allocation per key, on every header of every span.
+        let key = [prefix, &name].concat();
         let lines: Vec<Cow<'a, [u8]>> = if redactor.is_redacted(&name) {
             values
                 .iter()
@@ -185,17 +174,17 @@ fn push_headers<'a>(
             [one] => one.clone(),
             many => Cow::Owned(encoding::combine(&name, many)),
         };
-        let lines_attr = (lines.len() > 1).then(|| (lines_key(), lines));
+        let lines_key = (lines.len() > 1).then(|| [encoding::LINES_PREFIX, &key].concat());
         if std::str::from_utf8(&combined).is_ok() {
             out.push(Attr::new(key, item(combined)));
         } else {
             out.push(Attr::new(
-                format!("{}{key}", encoding::ENCODING_PREFIX),
+                [encoding::ENCODING_PREFIX, &key].concat(),
                 Val::Str(Cow::Borrowed("base64")),
             ));
             out.push(Attr::new(key, Val::Base64(combined)));
         }
-        if let Some((k, lines)) = lines_attr {
+        if let Some(k) = lines_key {
             out.push(Attr::new(
                 k,
                 Val::Array(lines.into_iter().map(item).collect()),

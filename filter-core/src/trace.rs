@@ -14,6 +14,15 @@ pub struct Parent {
     pub trace_state: String,
 }
 
+/// Appends `bytes` as lower-case hex (what `traceparent` and our redaction hashes use).
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        for nibble in [b >> 4, b & 0xf] {
+            out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+        }
+    }
+}
+
 fn hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     if s.len() != N * 2 {
         return None;
@@ -146,8 +155,12 @@ pub fn propagate(
     let mut edits = vec![(b"tracestate".to_vec(), value)];
     if parent(headers).is_none() {
         let (trace_id, span_id) = new_ids();
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-        let tp = format!("00-{}-{}-01", hex(&trace_id), hex(&span_id));
+        let mut tp = String::with_capacity(55);
+        tp.push_str("00-");
+        push_hex(&mut tp, &trace_id);
+        tp.push('-');
+        push_hex(&mut tp, &span_id);
+        tp.push_str("-01");
         edits.push((b"traceparent".to_vec(), tp.into_bytes()));
     }
     edits
