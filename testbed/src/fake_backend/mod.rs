@@ -64,18 +64,22 @@ impl FakeBackend {
             .collect())
     }
 
-    /// Records received on `/v1/traces`: the spans of every `TracesData` there (a filter sends
-    /// records in batches, several per request); a body that does not decode counts as one.
-    pub async fn records(&self) -> Result<usize> {
-        Ok(self
-            .received_on("/v1/traces")
-            .await?
-            .iter()
-            .map(|r| {
+    /// Every span received on `/v1/traces`, in order (a filter sends records in batches: one
+    /// OTLP protobuf `TracesData` holding several); a body that does not decode is an error.
+    pub async fn spans(&self) -> Result<Vec<filter_core::otlp::Span>> {
+        let mut out = Vec::new();
+        for (i, r) in self.received_on("/v1/traces").await?.iter().enumerate() {
+            let t =
                 filter_core::codec::decode_traces(&r.body_base64, filter_core::Format::Protobuf)
-                    .map_or(1, |t| t.spans().count())
-            })
-            .sum())
+                    .map_err(|e| anyhow::anyhow!("record request #{i} on /v1/traces: {e}"))?;
+            out.extend(t.spans().map(|(_, s)| s.clone()));
+        }
+        Ok(out)
+    }
+
+    /// Records received on `/v1/traces`: [`FakeBackend::spans`] counted.
+    pub async fn records(&self) -> Result<usize> {
+        Ok(self.spans().await?.len())
     }
 
     /// Forgets what was received.

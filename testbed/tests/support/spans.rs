@@ -2,23 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use filter_core::codec::decode_traces;
 use filter_core::otlp::Span;
-use filter_core::Format;
 use testbed::FakeBackend;
 
 /// Every span the collector received so far.
 pub async fn spans(collector: &FakeBackend) -> Vec<Span> {
-    collector
-        .received_on("/v1/traces")
-        .await
-        .unwrap()
-        .iter()
-        .flat_map(|r| {
-            let t = decode_traces(&r.body_base64, Format::Protobuf).unwrap();
-            t.spans().map(|(_, s)| s.clone()).collect::<Vec<_>>()
-        })
-        .collect()
+    collector.spans().await.unwrap()
 }
 
 /// Waits until the collector holds a span whose `http.url` ends with `path`, and returns it.
