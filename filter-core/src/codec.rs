@@ -146,6 +146,22 @@ fn item<'a>(line: Cow<'a, [u8]>) -> Val<'a> {
     }
 }
 
+/// A request-line attribute (`url.path`, `http.host`): a string when the bytes are UTF-8, else
+/// their base64 marked like a header value's, so two different targets never read as one text
+/// (and one lookup key). HTTP/2 lets a non-UTF-8 `:path` through Envoy.
+fn push_text<'a>(key: &'static str, value: &'a [u8], out: &mut Vec<Attr<'a>>) {
+    match std::str::from_utf8(value) {
+        Ok(s) => out.push(Attr::new(key, Val::Str(Cow::Borrowed(s)))),
+        Err(_) => {
+            out.push(Attr::new(
+                [encoding::ENCODING_PREFIX, key].concat(),
+                Val::Str(Cow::Borrowed("base64")),
+            ));
+            out.push(Attr::new(key, Val::Base64(Cow::Borrowed(value))));
+        }
+    }
+}
+
 /// One string attribute per header name (see [`crate::encoding`]): repeated lines combined,
 /// non-UTF-8 values as marked base64, and the exact lines in an extra array attribute when the
 /// name repeats.
@@ -257,8 +273,8 @@ fn request_attrs<'a>(
         ATTR_DIRECTION,
         Val::Str(Cow::Borrowed(meta.direction.as_str())),
     ));
-    attrs.push(Attr::new(ATTR_HOST, Val::Str(text(req.authority))));
-    attrs.push(Attr::new(ATTR_PATH, Val::Str(text(req.path))));
+    push_text(ATTR_HOST, req.authority, &mut attrs);
+    push_text(ATTR_PATH, req.path, &mut attrs);
     attrs.push(Attr::new(ATTR_METHOD, Val::Str(text(req.method))));
     push_headers(
         REQUEST_HEADER_PREFIX,

@@ -75,6 +75,10 @@ pub fn parse(bytes: &[u8]) -> anyhow::Result<(filter_core::Config, SidecarSettin
         .map_err(|e| anyhow::anyhow!("the config is not valid JSON: {e}"))?;
     let mut settings = SidecarSettings::default();
     if let Some(obj) = doc.as_object_mut() {
+        // Envoy's ext_proc holds the request headers until the buffered body is answered, so
+        // every request here is held: the engine must know it (its hold deadline starts with
+        // the headers), whatever `request_mode` says.
+        obj.insert("request_mode".into(), Value::from("hold_headers"));
         if let Some(section) = obj.remove("sidecar") {
             settings = parse_section(&section)?;
         }

@@ -88,7 +88,21 @@ pub struct Phases {
     content_length: Option<u64>,
     /// [`crate::config::SidecarSettings::keep_content_length_max_bytes`].
     keep_length_max: u64,
+    /// The engine's hold deadline ([`filter_core::Effects::hold_deadline_ms`]).
+    deadline_ms: Option<u64>,
     pub notes: Notes,
+}
+
+/// What the stream does when the engine's hold deadline passes ([`Phases::on_timer`]).
+#[derive(Debug)]
+pub enum Expired {
+    /// Not yet, or nothing is held: keep waiting for Envoy.
+    Nothing,
+    /// Let the request go: end the ext_proc stream, so Envoy stops waiting for this server and
+    /// sends on what it holds (the stream is not processed further).
+    Release,
+    /// Send this answer instead (strict mode's 502).
+    Reply(Box<ProcessingResponse>),
 }
 
 fn mode(f: impl FnOnce(&mut ProcessingMode)) -> ProcessingMode {
@@ -168,6 +182,7 @@ impl Phases {
             edits: Vec::new(),
             content_length: None,
             keep_length_max,
+            deadline_ms: None,
             notes: Notes::default(),
         }
     }
@@ -232,6 +247,25 @@ impl Phases {
         }
     }
 
+    /// When the engine wants [`Phases::on_timer`] called (engine clock, ms), if at all.
+    pub fn hold_deadline_ms(&self) -> Option<u64> {
+        self.deadline_ms
+    }
+
+    /// The hold deadline passed while Envoy sent nothing (a client stalled mid-body: Envoy holds
+    /// the request, this server has no message to answer).
+    pub fn on_timer(&mut self) -> Expired {
+        let d = self.stream.on_timer();
+        self.deadline_ms = d.effects.hold_deadline_ms;
+        match (d.flow, d.effects.reply) {
+            (_, Some(reply)) => {
+                Expired::Reply(Box::new(self.immediate(reply.response, reply.details)))
+            }
+            (Flow::Release, None) => Expired::Release,
+            _ => Expired::Nothing,
+        }
+    }
+
     /// The lookup asked for by [`Step::Lookup`] ended: the response to send.
     pub fn after_lookup(&mut self, result: LookupResult<'_>) -> ProcessingResponse {
         let phase = self.pending.take().unwrap_or(Phase::RequestHeaders);
@@ -275,6 +309,7 @@ impl Phases {
             Phase::RequestHeaders | Phase::RequestBody | Phase::RequestTrailers
         );
         let e = d.effects;
+        self.deadline_ms = e.hold_deadline_ms;
         if !e.set_request_headers.is_empty() {
             self.edits = e.set_request_headers;
         }

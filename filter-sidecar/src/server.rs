@@ -42,7 +42,8 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-fn now_nanos() -> u64 {
+/// The engine's clock: wall time in nanoseconds.
+pub(crate) fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

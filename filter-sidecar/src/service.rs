@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
@@ -13,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::backend::Caller;
-use crate::phases::{Phases, Step};
+use crate::phases::{Expired, Phases, Step};
 use crate::records::RecordQueue;
 
 /// Counters of the sidecar itself (the engine keeps its own).
@@ -69,7 +70,27 @@ pub async fn run_stream<C: Caller>(
 ) {
     use tokio_stream::StreamExt as _;
     loop {
-        let msg = match inbound.next().await {
+        let next = match phases.hold_deadline_ms() {
+            // The engine holds the request: Envoy may send nothing for a while (a client stalled
+            // mid-body), so the engine's deadline is kept here.
+            Some(at) => {
+                let now_ms = crate::server::now_nanos() / 1_000_000;
+                let wait = Duration::from_millis(at.saturating_sub(now_ms).max(1));
+                match tokio::time::timeout(wait, inbound.next()).await {
+                    Ok(next) => next,
+                    Err(_) => match phases.on_timer() {
+                        Expired::Nothing => continue,
+                        Expired::Release => break,
+                        Expired::Reply(reply) => {
+                            let _ = tx.send(Ok(*reply)).await;
+                            break;
+                        }
+                    },
+                }
+            }
+            None => inbound.next().await,
+        };
+        let msg = match next {
             None => break,
             Some(Ok(m)) => m,
             Some(Err(status)) => {

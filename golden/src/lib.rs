@@ -10,6 +10,7 @@
 pub mod conformance;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -93,7 +94,9 @@ pub enum RecordAnswer {
 #[serde(deny_unknown_fields)]
 pub struct Request {
     pub method: String,
-    pub path: String,
+    /// The request target's bytes (a non-UTF-8 one as `{"base64": ...}`, sent over HTTP/2:
+    /// Envoy refuses it over HTTP/1.1).
+    pub path: Bytes,
     #[serde(default = "default_authority")]
     pub authority: String,
     /// Headers besides the pseudo-headers, in order (repeats allowed).
@@ -112,6 +115,10 @@ pub struct Request {
     /// Trailers after the body (the body is then sent chunked).
     #[serde(default)]
     pub trailers: Vec<(String, Bytes)>,
+    /// The client stalls this long before each body chunk after the first (a slow upload); the
+    /// body needs two chunks or more.
+    #[serde(default)]
+    pub pause_ms: u64,
 }
 
 fn default_authority() -> String {
@@ -123,14 +130,18 @@ impl Request {
         self.body.iter().flat_map(Bytes::to_vec).collect()
     }
 
-    /// The headers as a host hands them to the engine: pseudo-headers first.
+    /// The headers as a host hands them to the engine: pseudo-headers first (a CONNECT has
+    /// neither `:path` nor `:scheme`).
     pub fn engine_headers(&self) -> Vec<Header> {
-        let mut h: Vec<Header> = vec![
-            (b":method".to_vec(), self.method.as_bytes().to_vec()),
-            (b":path".to_vec(), self.path.as_bytes().to_vec()),
-            (b":authority".to_vec(), self.authority.as_bytes().to_vec()),
-            (b":scheme".to_vec(), b"http".to_vec()),
-        ];
+        let mut h: Vec<Header> = vec![(b":method".to_vec(), self.method.as_bytes().to_vec())];
+        let connect = self.method.eq_ignore_ascii_case("CONNECT");
+        if !connect {
+            h.push((b":path".to_vec(), self.path.to_vec()));
+        }
+        h.push((b":authority".to_vec(), self.authority.as_bytes().to_vec()));
+        if !connect {
+            h.push((b":scheme".to_vec(), b"http".to_vec()));
+        }
         h.extend(
             self.headers
                 .iter()
@@ -343,7 +354,7 @@ pub struct Observed {
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamSaw {
     pub method: String,
-    pub path: String,
+    pub path: Vec<u8>,
     /// Headers as received (hosts add their own, e.g. `x-forwarded-proto`).
     pub headers: Vec<Header>,
     pub body: Vec<u8>,
@@ -442,6 +453,8 @@ pub fn backend_answer(b: &Backend) -> Option<(u16, String, Vec<u8>)> {
 pub fn replay(case: &Case, base_config: &Json) -> Result<Observed, String> {
     let config = Config::from_value(&case_config(case, base_config)).map_err(|e| e.to_string())?;
     let counters = Arc::new(AtomicCounters::default());
+    let clock = Arc::new(AtomicU64::new(1_700_000_000_000_000_000));
+    let now = clock.clone();
     let engine = Arc::new(Engine::new(
         config,
         &Node {
@@ -451,12 +464,13 @@ pub fn replay(case: &Case, base_config: &Json) -> Result<Observed, String> {
         },
         Services {
             metrics: counters.clone(),
-            clock: Box::new(|| 1_700_000_000_000_000_000),
+            clock: Box::new(move || now.load(Ordering::Relaxed)),
             seed: 7,
         },
     ));
     let mut sim = Sim {
         stream: Stream::new(engine),
+        clock,
         case,
         obs: Observed::default(),
         served: false,
@@ -478,6 +492,8 @@ pub fn replay(case: &Case, base_config: &Json) -> Result<Observed, String> {
 
 struct Sim<'a> {
     stream: Stream,
+    /// The engine's clock (ns): moved on by the client's pauses.
+    clock: Arc<AtomicU64>,
     case: &'a Case,
     obs: Observed,
     served: bool,
@@ -509,10 +525,14 @@ impl Sim<'_> {
         let mut pending = Some(d);
         let mut next_chunk = 0usize;
         let mut trailers_sent = false;
+        // The chunk the client last paused before.
+        let mut paused_before = 0usize;
         while let Some(d) = pending.take() {
             if d.effects.record_queued {
                 return Err("record decided on the request path".into());
             }
+            // The hold deadline the engine asked for (ms).
+            let deadline = d.effects.hold_deadline_ms;
             match d.flow {
                 Flow::Continue | Flow::Release => {
                     self.headers_upstream = true;
@@ -559,6 +579,19 @@ impl Sim<'_> {
                 }
                 break;
             };
+            if req.pause_ms > 0 && next_chunk > 0 && paused_before != next_chunk {
+                // The client stalls; like Envoy, the host's timer fires at the deadline.
+                paused_before = next_chunk;
+                let now = self
+                    .clock
+                    .fetch_add(req.pause_ms.saturating_mul(1_000_000), Ordering::Relaxed)
+                    / 1_000_000
+                    + req.pause_ms;
+                if deadline.is_some_and(|t| t <= now) {
+                    pending = Some(self.stream.on_timer());
+                    continue;
+                }
+            }
             next_chunk += 1;
             let eos = next_chunk == chunks.len() && req.trailers.is_empty();
             let d = self.stream.on_request_body(chunk, eos);
@@ -621,7 +654,11 @@ impl Sim<'_> {
 
     fn upstream(&mut self) -> Result<(), String> {
         let req = &self.case.request;
-        let mut sent: Vec<Header> = req.engine_headers().into_iter().skip(4).collect();
+        let mut sent: Vec<Header> = req
+            .engine_headers()
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with(b":"))
+            .collect();
         if let ([one], true) = (req.body.as_slice(), req.trailers.is_empty()) {
             // Like Envoy: the client's framing goes on.
             sent.push((
@@ -635,7 +672,7 @@ impl Sim<'_> {
         }
         self.obs.upstream = Some(UpstreamSaw {
             method: req.method.clone(),
-            path: req.path.clone(),
+            path: req.path.to_vec(),
             headers: sent,
             body: std::mem::take(&mut self.body_upstream),
             trailers: req
@@ -956,10 +993,14 @@ fn verify_rest(case: &Case, obs: &Observed, errors: &mut Vec<String>) {
         (None, true) => errors.push("upstream: expected the request, got none".into()),
         (Some(_), false) => errors.push("upstream: expected no request, got one".into()),
         (Some(up), true) => {
-            if !up.method.eq_ignore_ascii_case(&req.method) || up.path != req.path {
+            let path = req.path.to_vec();
+            if !up.method.eq_ignore_ascii_case(&req.method) || up.path != path {
                 errors.push(format!(
                     "upstream: got {} {} (expected {} {})",
-                    up.method, up.path, req.method, req.path
+                    up.method,
+                    show(&up.path),
+                    req.method,
+                    show(&path)
                 ));
             }
             let body = req.body_bytes();

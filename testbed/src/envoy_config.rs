@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The listener is named `main` (stat prefix `ingress_http`) and routes every
-//! request to cluster `upstream` (HTTP/1.1).
+//! request to cluster `upstream` (HTTP/1.1), WebSocket upgrades and CONNECT included (proxied
+//! as requests: the upstream answers the CONNECT itself).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -82,7 +83,7 @@ pub(crate) fn listener(
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {stat_prefix}
           codec_type: AUTO
-          upgrade_configs: [{{ upgrade_type: websocket }}]
+          upgrade_configs: [{{ upgrade_type: websocket }}, {{ upgrade_type: CONNECT }}]
           http_protocol_options: {{ enable_trailers: true }}
 {access_log}          route_config:
             name: local_route
@@ -90,6 +91,8 @@ pub(crate) fn listener(
             - name: all
               domains: ["*"]
               routes:
+              - match: {{ connect_matcher: {{}} }}
+                route: {{ cluster: upstream, timeout: 30s }}
               - match: {{ prefix: "/" }}
                 route: {{ cluster: upstream, timeout: 30s }}
           http_filters:

@@ -173,13 +173,23 @@ impl RawConnection {
         })
     }
 
-    /// Sends the request head and body writes (no reading).
+    /// Sends the request head and body writes. Like a well-behaved HTTP/1.1 client, it watches
+    /// the connection between writes (`chunk_delay`) and stops sending once the server has
+    /// answered early (a proxy's local reply to an unfinished request); the answer is then read
+    /// as usual.
     pub async fn send_request(&mut self, req: &RawRequest) -> Result<()> {
         let (head, writes) = req.encode();
         self.conn.write_all(&head).await.context("write head")?;
         for w in writes {
             if !req.chunk_delay.is_zero() {
-                tokio::time::sleep(req.chunk_delay).await;
+                tokio::select! {
+                    () = tokio::time::sleep(req.chunk_delay) => {}
+                    // `read` is cancel-safe: nothing is lost when the delay ends first.
+                    read = self.conn.fill() => {
+                        read.context("read while sending the body")?;
+                        return Ok(());
+                    }
+                }
             }
             self.conn.write_all(&w).await.context("write body")?;
         }
@@ -193,6 +203,14 @@ impl RawConnection {
 
     /// Reads one complete response (skipping 1xx heads); `is_head` for HEAD requests.
     pub async fn read_response(&mut self, is_head: bool) -> Result<RawResponse> {
+        self.read_answer(if is_head { "HEAD" } else { "GET" }).await
+    }
+
+    /// Reads the response to a `method` request: none has a body for HEAD, nor a 2xx for CONNECT
+    /// (the connection is a tunnel then).
+    async fn read_answer(&mut self, method: &str) -> Result<RawResponse> {
+        let is_head = method.eq_ignore_ascii_case("HEAD");
+        let connect = method.eq_ignore_ascii_case("CONNECT");
         let mut informational = Vec::new();
         let head = loop {
             let h = self.conn.read_response_head().await?;
@@ -202,7 +220,8 @@ impl RawConnection {
             }
             break h;
         };
-        let fr = if is_head || head.status == 204 || head.status == 304 {
+        let tunnel = connect && (200..300).contains(&head.status);
+        let fr = if is_head || tunnel || head.status == 204 || head.status == 304 {
             Framing::None
         } else {
             framing(&head.headers, false)?
@@ -230,8 +249,7 @@ impl RawConnection {
     /// Sends a request and reads its response, keeping the connection open.
     pub async fn round_trip(&mut self, req: &RawRequest) -> Result<RawResponse> {
         self.send_request(req).await?;
-        self.read_response(req.method.eq_ignore_ascii_case("HEAD"))
-            .await
+        self.read_answer(&req.method).await
     }
 
     /// Reads until the peer closes; returns the bytes.

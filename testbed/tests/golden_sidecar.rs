@@ -194,6 +194,62 @@ async fn kill_and_restart() -> Result<()> {
 }
 
 #[test]
+fn a_stalled_body_goes_upstream_at_the_hold_deadline() -> Result<()> {
+    on_big_stack(stalled_body())
+}
+
+/// ext_proc holds a buffered request in Envoy, where the sidecar cannot release it piecemeal: at
+/// the engine's hold deadline the sidecar ends the ext_proc stream, and Envoy sends what it holds
+/// on at once, without waiting for the client (the golden case `watchdog_stalled_body_released`
+/// checks the rest of the exchange).
+async fn stalled_body() -> Result<()> {
+    let (rig, config) = Box::pin(single()).await?;
+    let addr = rig.site(&config)?.listener;
+    rig.backend.set_inject(&Behaviour::Miss).await?;
+    let hold_limit = config["backend"]["lookup_timeout_ms"]
+        .as_u64()
+        .context("lookup_timeout_ms")?
+        + filter_core::engine::HOLD_MARGIN_MS;
+    // Headers and the first chunk, then silence: the client never sends the rest.
+    let mut conn = raw::RawConnection::connect(addr).await?;
+    conn.write_raw(
+        b"POST /stalled HTTP/1.1\r\nhost: api.example.com\r\ntransfer-encoding: chunked\r\n\r\n\
+          6\r\nfirst \r\n",
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(hold_limit + 700)).await;
+    // Gone while the body is still open: the upstream records what it got.
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let seen = loop {
+        let seen = rig.up.requests().await?;
+        if !seen.is_empty() || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let [req] = seen.as_slice() else {
+        bail!(
+            "the upstream saw {} requests (expected the released one)",
+            seen.len()
+        );
+    };
+    assert_eq!(req.path, "/stalled");
+    assert!(!req.complete);
+    assert_eq!(req.body_base64, b"first ", "the held chunk went upstream");
+    assert!(rig.backend.received_on("/v1/inject").await?.is_empty());
+    let c = rig
+        .site(&config)?
+        .sidecar
+        .as_ref()
+        .context("sidecar")?
+        .counters()
+        .await?;
+    assert_eq!(c["lookup_errors_timeout"], 1, "{c:?}");
+    Ok(())
+}
+
+#[test]
 fn sigterm_drains_open_streams_and_flushes_queued_records() -> Result<()> {
     on_big_stack(sigterm_drain())
 }

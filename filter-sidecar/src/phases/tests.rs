@@ -489,3 +489,46 @@ fn a_hit_served_to_head_hands_envoy_the_recorded_body_so_the_headers_survive() {
     // Envoy never sends a local reply's body to a HEAD; it sets the length from it.
     assert_eq!(ir.body, b"{\"id\":7}");
 }
+
+/// The sidecar's config holds every request from its headers (ext_proc does), so a client that
+/// stalls mid-body meets the engine's deadline: released (the stream ends), or strict mode's 502.
+#[test]
+fn a_stalled_body_is_released_or_answered_at_the_hold_deadline() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    for (json, strict) in [(r#"{}"#, false), (r#"{"on_backend_error": "fail"}"#, true)] {
+        let (config, _) = crate::config::parse(json.as_bytes()).unwrap();
+        let now = Arc::new(AtomicU64::new(1_000_000_000));
+        let clock = now.clone();
+        let engine = Engine::new(
+            config,
+            &Node::default(),
+            Services {
+                metrics: Arc::new(AtomicCounters::default()),
+                clock: Box::new(move || clock.load(Relaxed)),
+                seed: 1,
+            },
+        );
+        let mut p = Phases::new(Stream::new(Arc::new(engine)), 1 << 20);
+        let _ = p.handle(req_headers(
+            "POST",
+            "/up",
+            &[("content-type", b"text/plain")],
+            false,
+        ));
+        let at = p.hold_deadline_ms().expect("held from the headers");
+        assert!(matches!(p.on_timer(), Expired::Nothing), "early");
+        now.store(at * 1_000_000, Relaxed);
+        match p.on_timer() {
+            Expired::Release => assert!(!strict),
+            Expired::Reply(r) => {
+                assert!(strict);
+                let Some(R::ImmediateResponse(i)) = r.response else {
+                    panic!("not an immediate response: {r:?}");
+                };
+                assert_eq!(i.status.map(|s| s.code), Some(502));
+            }
+            Expired::Nothing => panic!("nothing at the deadline"),
+        }
+        assert_eq!(p.hold_deadline_ms(), None);
+    }
+}

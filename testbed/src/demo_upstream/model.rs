@@ -55,8 +55,11 @@ pub struct RecordedRequest {
     pub serial: Option<u64>,
     /// Request method.
     pub method: String,
-    /// Request target as received.
+    /// Request target as received (lossily decoded).
     pub path: String,
+    /// Request target, exact bytes (base64 in JSON).
+    #[serde(with = "base64_bytes", default)]
+    pub path_bytes: Vec<u8>,
     /// 0 = HTTP/1.0, 1 = HTTP/1.1.
     pub http_minor_version: u8,
     /// Headers in wire order, exact bytes.

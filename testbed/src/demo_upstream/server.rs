@@ -30,6 +30,7 @@ fn record(req: &Request, serial: Option<u64>) -> RecordedRequest {
         serial,
         method: req.head.method.clone(),
         path: req.head.target.clone(),
+        path_bytes: req.head.target_bytes.clone(),
         http_minor_version: req.head.minor_version,
         headers: req.head.headers.clone(),
         body_base64: req.body.clone(),

@@ -134,7 +134,7 @@ async fn connection<H: Handler>(mut conn: BufStream, handler: Arc<H>) {
             Ok(None) => return,
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::InvalidData {
-                    let _ = send(&mut conn, &Response::text(400, e.to_string()), true).await;
+                    let _ = send(&mut conn, &Response::text(400, e.to_string()), true, false).await;
                 }
                 return;
             }
@@ -142,7 +142,7 @@ async fn connection<H: Handler>(mut conn: BufStream, handler: Arc<H>) {
         let fr = match framing(&head.headers, true) {
             Ok(f) => f,
             Err(e) => {
-                let _ = send(&mut conn, &Response::text(400, e.to_string()), true).await;
+                let _ = send(&mut conn, &Response::text(400, e.to_string()), true, false).await;
                 return;
             }
         };
@@ -161,11 +161,12 @@ async fn connection<H: Handler>(mut conn: BufStream, handler: Arc<H>) {
         let body = match conn.read_body(fr).await {
             Ok(b) => b,
             Err(e) => {
-                let _ = send(&mut conn, &Response::text(400, e.to_string()), true).await;
+                let _ = send(&mut conn, &Response::text(400, e.to_string()), true, false).await;
                 return;
             }
         };
         let close = wants_close(&head);
+        let connect = head.method.eq_ignore_ascii_case("CONNECT");
         let req = Request {
             head,
             body: body.body,
@@ -180,17 +181,30 @@ async fn connection<H: Handler>(mut conn: BufStream, handler: Arc<H>) {
             r = handler.handle(req) => r,
             _ = peer_gone(&mut conn) => return,
         };
-        if send(&mut conn, &resp, close).await.is_err() || close {
+        // A 2xx to CONNECT turns the connection into a tunnel: no more requests on it.
+        let tunnel = connect && (200..300).contains(&resp.status);
+        if send(&mut conn, &resp, close, tunnel).await.is_err() || close {
+            return;
+        }
+        if tunnel {
+            peer_gone(&mut conn).await;
             return;
         }
     }
 }
 
-async fn send(conn: &mut BufStream, resp: &Response, close: bool) -> std::io::Result<()> {
+/// Writes `resp`; `tunnel`: a 2xx to CONNECT, which carries no framing headers (RFC 9110 §9.3.6).
+async fn send(
+    conn: &mut BufStream,
+    resp: &Response,
+    close: bool,
+    tunnel: bool,
+) -> std::io::Result<()> {
     let mut headers = resp.headers.clone();
-    if !headers
-        .iter()
-        .any(|h| h.is("content-length") || h.is("transfer-encoding"))
+    if !tunnel
+        && !headers
+            .iter()
+            .any(|h| h.is("content-length") || h.is("transfer-encoding"))
     {
         headers.push(HeaderField::new(
             "content-length",

@@ -24,8 +24,10 @@ pub struct BufStream {
 pub struct RequestHead {
     /// Method token.
     pub method: String,
-    /// Request target as sent.
+    /// Request target as sent (lossily decoded; [`RequestHead::target_bytes`] has the bytes).
     pub target: String,
+    /// Request target, exact bytes (a proxy may pass on a non-UTF-8 one received over HTTP/2).
+    pub target_bytes: Vec<u8>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// Header fields in wire order.
@@ -133,13 +135,34 @@ impl BufStream {
     pub async fn read_request_head(&mut self) -> io::Result<Option<RequestHead>> {
         loop {
             if !self.buf.is_empty() {
+                // httparse takes only ASCII targets: parse a copy whose request line has its
+                // other bytes masked, and keep the target's own bytes from the original.
+                let line = self.buf.split(|b| *b == b'\n').next().unwrap_or_default();
+                let target_bytes = line
+                    .split(|b| *b == b' ')
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_vec();
+                let masked;
+                let parse_buf: &[u8] = if line.is_ascii() {
+                    &self.buf
+                } else {
+                    let n = line.len();
+                    let mut copy = self.buf.clone();
+                    for b in copy.iter_mut().take(n).filter(|b| !b.is_ascii()) {
+                        *b = b'_';
+                    }
+                    masked = copy;
+                    &masked
+                };
                 let mut hs = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut hs);
-                match req.parse(&self.buf) {
+                match req.parse(parse_buf) {
                     Ok(httparse::Status::Complete(len)) => {
                         let head = RequestHead {
                             method: req.method.unwrap_or_default().to_string(),
-                            target: req.path.unwrap_or_default().to_string(),
+                            target: String::from_utf8_lossy(&target_bytes).into_owned(),
+                            target_bytes,
                             minor_version: req.version.unwrap_or(1),
                             headers: fields(req.headers),
                         };

@@ -243,7 +243,8 @@ impl Rig {
 
         // The request, as the case's client sends it.
         let req = &case.request;
-        let mut raw_req = RawRequest::new(&req.method, &req.path);
+        let mut raw_req =
+            RawRequest::new(&req.method, &String::from_utf8_lossy(&req.path.to_vec()));
         raw_req.headers = vec![HeaderField::new("host", &req.authority)];
         for (n, v) in &req.headers {
             raw_req.headers.push(HeaderField::new(n, v.to_vec()));
@@ -259,14 +260,14 @@ impl Rig {
             .iter()
             .map(|(n, v)| HeaderField::new(n, v.to_vec()))
             .collect();
-        raw_req.chunk_delay = Duration::from_millis(5);
+        raw_req.chunk_delay = Duration::from_millis(req.pause_ms.max(5));
         let resp = if req.reset_during_lookup {
             self.send_and_reset_during_lookup(site.listener, &raw_req)
                 .await?
         } else if req.http2 {
             let h2 = H2Request {
                 method: req.method.clone(),
-                path: req.path.clone(),
+                path: req.path.to_vec(),
                 authority: req.authority.clone(),
                 headers: raw_req.headers.iter().skip(1).cloned().collect(),
                 body: req.body.iter().map(|b| b.to_vec()).collect(),
@@ -363,7 +364,7 @@ impl Rig {
                 .collect(),
             upstream: complete.first().map(|r| UpstreamSaw {
                 method: r.method.clone(),
-                path: r.path.clone(),
+                path: r.path_bytes.clone(),
                 headers: r
                     .headers
                     .iter()
@@ -413,7 +414,11 @@ async fn start_sidecar(
 pub async fn replay_all(shape: Shape) -> String {
     let started = Instant::now();
     let base = base_config();
-    let cases = golden::load_dir(&golden_dir().join("cases")).expect("load golden cases");
+    let mut cases = golden::load_dir(&golden_dir().join("cases")).expect("load golden cases");
+    // `GOLDEN_CASE=<part of a name>` replays only the matching cases (while working on one).
+    if let Ok(only) = std::env::var("GOLDEN_CASE") {
+        cases.retain(|c| c.name.contains(&only));
+    }
     assert!(!cases.is_empty(), "no golden cases found");
     let configs: Vec<Json> = cases
         .iter()
