@@ -2,6 +2,10 @@
 //! Envoy with the wasm plugin (`hold_headers`; or the sidecar, or the native module: `UP_SHAPE`),
 //! prints how to try it, then one line per request until Ctrl-C or SIGTERM, and stops everything.
 //!
+//! The backend runs with an admin token and an ingest key, made once into `<data>/secrets/`
+//! (the filter sends the ingest key as its `api_key`), so its admin API answers 401 without the
+//! token, as in a deployment.
+//!
 //! Environment:
 //! * `UPSTREAM=host:port` — route the listener there instead of starting the demo upstream.
 //! * `DATA=<dir>` — the backend's data folder (default `<repo>/.data/backend`, kept between runs).
@@ -57,6 +61,35 @@ fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
         );
     }
     Ok(p)
+}
+
+/// The secret in `dir/name`, made (32 random bytes as hex, readable by this user only) when it
+/// does not exist yet.
+fn secret(dir: &Path, name: &str) -> Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let path = dir.join(name);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(text.trim().to_string());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("read /dev/urandom")?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, hex.as_bytes()))
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(hex)
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {
@@ -147,9 +180,18 @@ async fn main() -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".data/backend"));
     std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
+    // Secrets, as a deployment has them: the admin token guards `/admin/*`, the ingest key
+    // `/v1/*` (the filter sends it as `api_key`). Made once, kept beside the data.
+    let secrets = data.join("secrets");
+    secret(&secrets, "admin-token")?;
+    let ingest_key = secret(&secrets, "ingest-key")?;
     let mut cmd = Command::new(sibling_binary("backend", "BACKEND_BIN")?);
     cmd.args(["serve", "--listen", BACKEND, "--data"])
-        .arg(&data);
+        .arg(&data)
+        .arg("--admin-token-file")
+        .arg(secrets.join("admin-token"))
+        .arg("--ingest-key-file")
+        .arg(secrets.join("ingest-key"));
     let mut backend = Proc::spawn("backend", cmd, run_dir.path())?;
     backend.wait_for_port(backend_addr, START_TIMEOUT).await?;
 
@@ -171,7 +213,7 @@ async fn main() -> Result<()> {
     let access_log = run_dir.path().join("access.log");
     std::fs::write(&access_log, b"")?;
     let mut plugin_config = json!({
-        "backend": {"cluster": BACKEND_CLUSTER, "authority": "localhost"},
+        "backend": {"cluster": BACKEND_CLUSTER, "authority": "localhost", "api_key": ingest_key},
         "service_name": "demo",
     });
     // The sidecar shape: the same config, served by a filter-sidecar process Envoy calls.
@@ -232,6 +274,10 @@ async fn main() -> Result<()> {
             }
         ),
     }
+    println!(
+        "  curl -s -H \"authorization: Bearer $(cat {})\" {BACKEND}/admin/recordings   # the backend's admin API (401 without the token)",
+        secrets.join("admin-token").display()
+    );
     println!("(Ctrl-C stops everything)");
 
     // One line per request, from the access log, until a signal.
