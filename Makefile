@@ -6,7 +6,7 @@ WASM_TARGET := wasm32-unknown-unknown
 # Crates that build for wasm32 (the engine and the plugin); the rest are host-only.
 WASM_CRATES := $(foreach c,filter-core filter-wasm,$(if $(wildcard $(c)/Cargo.toml),-p $(c)))
 
-.PHONY: help test lint fmt fmt-check clippy wasm-target envoy clean up wasm
+.PHONY: help test lint fmt fmt-check clippy wasm-target envoy clean up wasm images
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -32,6 +32,10 @@ envoy: ## Install the pinned Envoy (.envoy-version) into the cache folder and pr
 	@scripts/ensure-envoy.sh
 
 .PHONY: publish
+images: ## Container images of backend and filter-sidecar (static musl binaries, non-root, no shell) as OCI archives in dist/images/, then their entrypoints run (podman or docker, and musl-tools).
+	scripts/build-images.sh
+	python3 scripts/check-images.py
+
 publish: wasm-target ## Reproducible plugin build, upload to Cloudflare R2 (R2_* variables, see docs/istio.md), manifests rendered into dist/istio/.
 	@scripts/publish.sh all
 

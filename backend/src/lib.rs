@@ -35,13 +35,25 @@ pub fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
         Some(path) => BackendConfig::load(path)?,
         None => BackendConfig::default(),
     };
-    let store =
-        Store::open(&args.data, config.match_key, args.max_store_bytes).with_context(|| {
-            format!(
-                "cannot open the store in {} (a running server holds it: use the admin API instead)",
-                args.data.display()
-            )
-        })?;
+    let store = Store::open(&args.data, config.match_key, args.max_store_bytes).map_err(|e| {
+        let why = match &e {
+            store::StoreError::Db(db) => match db.as_ref() {
+                redb::Error::DatabaseAlreadyOpen => {
+                    " (a running server holds it: use the admin API instead)"
+                }
+                redb::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+                    " (the user running the backend may not write there: give it the folder, \
+                     e.g. a volume with `fsGroup`, or choose another with --data)"
+                }
+                _ => "",
+            },
+            _ => "",
+        };
+        anyhow::Error::new(e).context(format!(
+            "cannot open the store in {}{why}",
+            args.data.display()
+        ))
+    })?;
     Ok(store.with_retention(config.retention.to_retention()))
 }
 
