@@ -309,8 +309,13 @@ impl HttpContext for Http {
 
     fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         let restore = self.with(Vec::new(), |f| std::mem::take(&mut f.served_content_type));
-        let has_type = abi::header_value(abi::RESPONSE_HEADERS, "content-type");
-        if !restore.is_empty() && matches!(has_type, Ok(None)) {
+        // Only a served bodiless hit needs the look (one host call fewer on every other answer).
+        if !restore.is_empty()
+            && matches!(
+                abi::header_value(abi::RESPONSE_HEADERS, "content-type"),
+                Ok(None)
+            )
+        {
             for value in &restore {
                 let _ = abi::add_header(abi::RESPONSE_HEADERS, "content-type", value);
             }
