@@ -82,9 +82,17 @@ impl Host {
 
 /// The filter configuration of the benches: `mode` (`record_and_inject`, or `inject_only` for
 /// "record off"), bodies up to 2 MiB.
+/// The filter config of the benches in filter `mode`; `no_session` is the Softprobe setting
+/// (`record_and_inject` with `require_session`) met by requests that carry no session, so the
+/// filter must let them through without a backend call.
 pub fn filter_config(mode: &str) -> Json {
+    let (mode, require_session) = match mode {
+        "no_session" => ("record_and_inject", true),
+        m => (m, false),
+    };
     json!({
         "mode": mode,
+        "require_session": require_session,
         "service_name": "bench-app",
         "max_request_body_bytes": 2 * 1024 * 1024,
         "max_response_body_bytes": 2 * 1024 * 1024,

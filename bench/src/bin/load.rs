@@ -53,7 +53,8 @@ struct Args {
     /// Memory: body size.
     #[arg(long, default_value_t = 1 << 20)]
     mem_size: usize,
-    /// Filter mode of the load table (`record_and_inject`, `record_only`, `inject_only`).
+    /// Filter mode of the load table (`record_and_inject`, `record_only`, `inject_only`, or
+    /// `no_session`: `record_and_inject` with `require_session`, the requests carrying none).
     #[arg(long, default_value = "record_and_inject")]
     mode: String,
     /// Parts to skip: load, record, memory, real.
