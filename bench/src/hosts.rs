@@ -80,17 +80,22 @@ impl Host {
     }
 }
 
+/// The bench-only key of [`filter_config`] that makes [`start`] let Envoy skip the filter for
+/// requests without a session (`Site::skip_without_session`); removed before the filter sees it.
+const SKIP_KEY: &str = "bench_skip_without_session";
+
 /// The filter configuration of the benches: `mode` (`record_and_inject`, or `inject_only` for
-/// "record off"), bodies up to 2 MiB.
-/// The filter config of the benches in filter `mode`; `no_session` is the Softprobe setting
+/// "record off"), bodies up to 2 MiB. `no_session` is the Softprobe setting
 /// (`record_and_inject` with `require_session`) met by requests that carry no session, so the
-/// filter must let them through without a backend call.
+/// filter must let them through without a backend call; `no_session_skip` is the same with
+/// Envoy skipping the filter for them (an `ExtensionWithMatcher` on the session headers).
 pub fn filter_config(mode: &str) -> Json {
-    let (mode, require_session) = match mode {
-        "no_session" => ("record_and_inject", true),
-        m => (m, false),
+    let (mode, require_session, skip) = match mode {
+        "no_session" => ("record_and_inject", true, false),
+        "no_session_skip" => ("record_and_inject", true, true),
+        m => (m, false, false),
     };
-    json!({
+    let mut config = json!({
         "mode": mode,
         "require_session": require_session,
         "service_name": "bench-app",
@@ -102,7 +107,11 @@ pub fn filter_config(mode: &str) -> Json {
             "lookup_timeout_ms": 5000,
             "record_timeout_ms": 5000
         }
-    })
+    });
+    if let (true, Json::Object(map)) = (skip, &mut config) {
+        map.insert(SKIP_KEY.into(), Json::Bool(true));
+    }
+    config
 }
 
 /// One host running: Envoy, and for the sidecar host the `filter-sidecar` process.
@@ -162,6 +171,11 @@ pub async fn start_at(
         bail!("the testbed has no shape for {} yet", host.key());
     };
     let mut config = config.clone();
+    let skip_without_session = config
+        .as_object_mut()
+        .and_then(|m| m.remove(SKIP_KEY))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     let sidecar = if shape == Shape::Sidecar {
         let sc = Box::pin(Sidecar::start(&config, &format!("http://{backend}"))).await?;
         if let Json::Object(map) = &mut config {
@@ -183,6 +197,7 @@ pub async fn start_at(
             name: "bench".into(),
             port: 0,
             plugin_config: config,
+            skip_without_session,
         }],
         access_log: None,
     };

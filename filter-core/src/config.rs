@@ -76,6 +76,24 @@ impl std::fmt::Display for SessionSource {
     }
 }
 
+impl SessionSource {
+    /// The request header this source reads, and an RE2 pattern its (comma-joined) value fully
+    /// matches when it may carry a session: for Envoy to skip the filter for requests that
+    /// carry none (`ExtensionWithMatcher`, docs/config.md). It may match where the engine then
+    /// finds no session (an empty value), never the other way round.
+    pub fn probe(&self) -> (&str, String) {
+        match self {
+            SessionSource::Header(h) => (h, "[\\s\\S]*".into()),
+            // A list member `<key>=...`, first or after a comma, with optional blanks before it.
+            // Keys are lower-case letters, digits and `_-*/@`: only `*` needs escaping.
+            SessionSource::Tracestate(k) => (
+                "tracestate",
+                format!("(?:[\\s\\S]*,)?[ \\t]*{}=[\\s\\S]*", k.replace('*', "\\*")),
+            ),
+        }
+    }
+}
+
 /// What happens when the lookup fails (timeout, bad status, undecodable answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnBackendError {

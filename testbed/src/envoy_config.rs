@@ -142,6 +142,59 @@ typed_extension_protocol_options:
     )
 }
 
+/// `filter` (an HTTP filter snippet, a column-0 YAML mapping) wrapped so that Envoy skips it for
+/// requests that match none of `probes` (request header, RE2 pattern its value must fully
+/// match): an `ExtensionWithMatcher` whose matcher answers `SkipFilter`. Envoy then never calls
+/// the filter for such a request.
+pub fn skip_unless(filter: &str, probes: &[(String, String)]) -> String {
+    let predicate = |(header, pattern): &(String, String), pad: &str| {
+        format!(
+            "{pad}single_predicate:\n\
+             {pad}  input:\n\
+             {pad}    name: request-header\n\
+             {pad}    typed_config:\n\
+             {pad}      \"@type\": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput\n\
+             {pad}      header_name: {header}\n\
+             {pad}  value_match: {{ safe_regex: {{ google_re2: {{}}, regex: {} }} }}\n",
+            serde_json::to_string(pattern).unwrap_or_default()
+        )
+    };
+    let any = match probes {
+        [one] => predicate(one, &" ".repeat(12)),
+        many => {
+            let mut out = String::from("            or_matcher:\n              predicate:\n");
+            for p in many {
+                let item = predicate(p, &" ".repeat(16));
+                let first = format!("{}single_predicate", " ".repeat(16));
+                let listed = format!("{}- single_predicate", " ".repeat(14));
+                out.push_str(&item.replacen(&first, &listed, 1));
+            }
+            out
+        }
+    };
+    let mut inner = String::new();
+    for line in filter.trim_end().lines() {
+        let _ = writeln!(inner, "    {line}");
+    }
+    format!(
+        r#"name: transparent-cache-skip-without-session
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher
+  extension_config:
+{inner}  xds_matcher:
+    matcher_list:
+      matchers:
+      - predicate:
+          not_matcher:
+{any}        on_match:
+          action:
+            name: skip
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter
+"#
+    )
+}
+
 /// Indents a column-0 YAML mapping as a list item at `indent` spaces.
 pub(crate) fn list_item(snippet: &str, indent: usize) -> String {
     let pad = " ".repeat(indent);

@@ -50,6 +50,9 @@ pub struct Site {
     pub port: u16,
     /// The plugin configuration (`pluginConfig`), before [`Shape::plugin_config`].
     pub plugin_config: Json,
+    /// Let Envoy skip the filter for requests that carry no session (the config's
+    /// `session_id_sources`): [`crate::envoy_config::skip_unless`].
+    pub skip_without_session: bool,
 }
 
 /// An access log written by every listener.
@@ -218,7 +221,28 @@ typed_config:
     pub fn envoy_yaml(&self, layout: &Layout) -> Result<String> {
         let mut listeners = String::new();
         for site in &layout.sites {
-            let filters: Vec<String> = self.http_filter(&site.plugin_config)?.into_iter().collect();
+            let mut filters: Vec<String> =
+                self.http_filter(&site.plugin_config)?.into_iter().collect();
+            if site.skip_without_session {
+                // The engine's keys only (the sidecar's own section aside).
+                let mut engine_config = self.plugin_config(&site.plugin_config);
+                if let Some(map) = engine_config.as_object_mut() {
+                    map.remove("sidecar");
+                }
+                let config = filter_core::Config::from_value(&engine_config)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let probes: Vec<(String, String)> = config
+                    .session_sources()
+                    .iter()
+                    .map(|s| {
+                        let (h, p) = s.probe();
+                        (h.to_string(), p)
+                    })
+                    .collect();
+                for f in &mut filters {
+                    *f = crate::envoy_config::skip_unless(f, &probes);
+                }
+            }
             let access_log = match &layout.access_log {
                 None => String::new(),
                 Some(a) => format!(
@@ -294,11 +318,13 @@ mod tests {
                         name: "one".into(),
                         port: 0,
                         plugin_config: Json::Null,
+                        skip_without_session: false,
                     },
                     Site {
                         name: "two".into(),
                         port: 0,
                         plugin_config: Json::Null,
+                        skip_without_session: false,
                     },
                 ],
                 access_log: None,

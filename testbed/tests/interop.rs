@@ -246,6 +246,7 @@ async fn rig(shape: Shape, backend: std::net::SocketAddr, config: Json) -> Resul
             name: "site_0".into(),
             port: 0,
             plugin_config: shape.plugin_config(&config),
+            skip_without_session: false,
         }],
         access_log: None,
     };

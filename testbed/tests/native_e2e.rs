@@ -61,6 +61,7 @@ impl Rig {
                     name: format!("site_{i}"),
                     port: 0,
                     plugin_config: c.clone(),
+                    skip_without_session: false,
                 })
                 .collect(),
             access_log: Some(AccessLog {

@@ -79,6 +79,7 @@ impl Rig {
                     name: format!("site_{i}"),
                     port: 0,
                     plugin_config: c.clone(),
+                    skip_without_session: false,
                 })
                 .collect(),
             access_log: Some(AccessLog {
@@ -331,6 +332,7 @@ async fn a_bad_config_is_refused_with_the_engines_message() {
             name: "bad".into(),
             port: 0,
             plugin_config: bad,
+            skip_without_session: false,
         }],
         access_log: None,
     };

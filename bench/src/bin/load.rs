@@ -54,7 +54,8 @@ struct Args {
     #[arg(long, default_value_t = 1 << 20)]
     mem_size: usize,
     /// Filter mode of the load table (`record_and_inject`, `record_only`, `inject_only`, or
-    /// `no_session`: `record_and_inject` with `require_session`, the requests carrying none).
+    /// `no_session`: `record_and_inject` with `require_session`, the requests carrying none;
+    /// `no_session_skip`: the same with Envoy skipping the filter for them).
     #[arg(long, default_value = "record_and_inject")]
     mode: String,
     /// Parts to skip: load, record, memory, real.

@@ -186,6 +186,7 @@ async fn main() -> Result<()> {
             name: "soak".into(),
             port: 0,
             plugin_config: config,
+            skip_without_session: false,
         }],
         access_log: None,
     };

@@ -312,3 +312,39 @@ fn record_batches_are_bounded_and_can_be_turned_into_single_records() {
     let e = err(r#"{"records": {"batch_records": 8}}"#);
     assert!(e.to_string().contains("batch_max_records"), "{e}");
 }
+
+/// The probes Envoy's matcher uses to skip the filter: every request the engine finds a session
+/// in matches one; a request without the header or tracestate entry matches none.
+#[test]
+fn session_probes_match_every_request_that_may_carry_a_session() {
+    let c = Config::from_json(
+        br#"{"session_id_sources": ["header:x-test-session", "tracestate:sp*id"]}"#,
+    )
+    .unwrap();
+    let probes: Vec<(String, regex_lite::Regex)> = c
+        .session_sources()
+        .iter()
+        .map(|s| {
+            let (h, p) = s.probe();
+            (
+                h.to_string(),
+                regex_lite::Regex::new(&format!("^(?:{p})$")).unwrap(),
+            )
+        })
+        .collect();
+    let matches = |header: &str, value: &str| {
+        probes
+            .iter()
+            .any(|(h, re)| h == header && re.is_match(value))
+    };
+    assert!(matches("x-test-session", "s-1"));
+    assert!(matches("x-test-session", ""));
+    assert!(!matches("x-other", "s-1"));
+    assert!(matches("tracestate", "sp*id=s-1"));
+    assert!(matches("tracestate", "vendor=a,sp*id=s-1"));
+    assert!(matches("tracestate", "vendor=a, \tsp*id=s-1,more=b"));
+    assert!(!matches("tracestate", "vendor=a"));
+    assert!(!matches("tracestate", "xsp*id=s-1"));
+    assert!(!matches("tracestate", "vendor=a,x-sp*id=s-1"));
+    assert!(!matches("tracestate", "spxid=s-1"), "`*` is literal");
+}

@@ -237,6 +237,7 @@ async fn main() -> Result<()> {
             name: "main".into(),
             port: listener.port(),
             plugin_config,
+            skip_without_session: false,
         }],
         access_log: Some(AccessLog {
             path: access_log.clone(),

@@ -89,6 +89,7 @@ impl Rig {
                 name: format!("case_config_{i}"),
                 port: 0,
                 plugin_config,
+                skip_without_session: false,
             });
         }
         let layout = Layout {
