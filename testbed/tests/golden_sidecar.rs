@@ -47,6 +47,19 @@ fn golden_cases_sidecar() {
     });
 }
 
+/// The counters of the sidecar serving `config`.
+async fn sidecar_counters(
+    rig: &Rig,
+    config: &Json,
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    rig.site(config)?
+        .sidecar
+        .as_ref()
+        .context("sidecar")?
+        .counters()
+        .await
+}
+
 /// One Envoy + one sidecar with the base config, for the fail-open tests.
 async fn single() -> Result<(Rig, Json)> {
     let config = base_config();
@@ -175,13 +188,7 @@ async fn kill_and_restart() -> Result<()> {
     // The restarted sidecar counts from zero: one hit (at least) and the record, once answered.
     let deadline = Instant::now() + RECORD_DEADLINE;
     loop {
-        let c = rig
-            .site(&config)?
-            .sidecar
-            .as_ref()
-            .context("sidecar")?
-            .counters()
-            .await?;
+        let c = sidecar_counters(&rig, &config).await?;
         if c["hits"] >= 1 && c["records_sent"] >= 1 {
             break;
         }
@@ -238,13 +245,7 @@ async fn stalled_body() -> Result<()> {
     assert!(!req.complete);
     assert_eq!(req.body_base64, b"first ", "the held chunk went upstream");
     assert!(rig.backend.received_on("/v1/inject").await?.is_empty());
-    let c = rig
-        .site(&config)?
-        .sidecar
-        .as_ref()
-        .context("sidecar")?
-        .counters()
-        .await?;
+    let c = sidecar_counters(&rig, &config).await?;
     assert_eq!(c["lookup_errors_timeout"], 1, "{c:?}");
     Ok(())
 }
