@@ -20,11 +20,14 @@ use testbed::raw::RawConnection;
 use testbed::shape::BACKEND_CLUSTER;
 use testbed::RealBackend;
 
+/// The load table's connections unless `--concurrency` says otherwise.
+const DEFAULT_CONCURRENCY: usize = 8;
+
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Load through real Envoy: no filter versus each host of the filter")]
 struct Args {
     /// Connections sending requests back to back.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
     concurrency: usize,
     /// Measured seconds per run.
     #[arg(long, default_value_t = 3.0)]
@@ -555,11 +558,16 @@ async fn run(mut args: Args) -> Result<()> {
     };
     if !skip("load") {
         let t = load_table(&ctx, &hosts).await?;
-        // The default mode's table is `load`; another mode's goes to its own section.
-        match ctx.args.mode.as_str() {
-            "record_and_inject" => write("load", &t)?,
-            mode => write(&format!("load-{mode}"), &t)?,
+        // The default mode's table at the default concurrency is `load`; another mode's goes to
+        // `load-<mode>`, another concurrency's to `load-c<n>` (`load-<mode>-c<n>`).
+        let mut section = match ctx.args.mode.as_str() {
+            "record_and_inject" => "load".to_string(),
+            mode => format!("load-{mode}"),
+        };
+        if ctx.args.concurrency != DEFAULT_CONCURRENCY {
+            section = format!("{section}-c{}", ctx.args.concurrency);
         }
+        write(&section, &t)?;
     }
     if !skip("record") {
         let t = record_table(&ctx, &hosts).await?;
