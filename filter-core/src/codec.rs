@@ -146,19 +146,20 @@ fn item<'a>(line: Cow<'a, [u8]>) -> Val<'a> {
     }
 }
 
-/// A request-line attribute (`url.path`, `http.host`): a string when the bytes are UTF-8, else
-/// their base64 marked like a header value's, so two different targets never read as one text
+/// A string attribute that must keep its exact bytes (a header value, `url.path`, `url.host`): a
+/// string when the bytes are UTF-8, else their base64 marked by
+/// `transparent_cache.encoding.<key> = "base64"`, so two different values never read as one text
 /// (and one lookup key). HTTP/2 lets a non-UTF-8 `:path` through Envoy.
-fn push_text<'a>(key: &'static str, value: &'a [u8], out: &mut Vec<Attr<'a>>) {
-    match std::str::from_utf8(value) {
-        Ok(s) => out.push(Attr::new(key, Val::Str(Cow::Borrowed(s)))),
-        Err(_) => {
-            out.push(Attr::new(
-                [encoding::ENCODING_PREFIX, key].concat(),
-                Val::Str(Cow::Borrowed("base64")),
-            ));
-            out.push(Attr::new(key, Val::Base64(Cow::Borrowed(value))));
-        }
+fn push_text<'a>(key: impl Into<Cow<'a, str>>, value: Cow<'a, [u8]>, out: &mut Vec<Attr<'a>>) {
+    let key = key.into();
+    if std::str::from_utf8(&value).is_ok() {
+        out.push(Attr::new(key, item(value)));
+    } else {
+        out.push(Attr::new(
+            [encoding::ENCODING_PREFIX, &key].concat(),
+            Val::Str(Cow::Borrowed("base64")),
+        ));
+        out.push(Attr::new(key, Val::Base64(value)));
     }
 }
 
@@ -191,15 +192,7 @@ fn push_headers<'a>(
             many => Cow::Owned(encoding::combine(&name, many)),
         };
         let lines_key = (lines.len() > 1).then(|| [encoding::LINES_PREFIX, &key].concat());
-        if std::str::from_utf8(&combined).is_ok() {
-            out.push(Attr::new(key, item(combined)));
-        } else {
-            out.push(Attr::new(
-                [encoding::ENCODING_PREFIX, &key].concat(),
-                Val::Str(Cow::Borrowed("base64")),
-            ));
-            out.push(Attr::new(key, Val::Base64(combined)));
-        }
+        push_text(key, combined, out);
         if let Some(k) = lines_key {
             out.push(Attr::new(
                 k,
@@ -273,8 +266,8 @@ fn request_attrs<'a>(
         ATTR_DIRECTION,
         Val::Str(Cow::Borrowed(meta.direction.as_str())),
     ));
-    push_text(ATTR_HOST, req.authority, &mut attrs);
-    push_text(ATTR_PATH, req.path, &mut attrs);
+    push_text(ATTR_HOST, Cow::Borrowed(req.authority), &mut attrs);
+    push_text(ATTR_PATH, Cow::Borrowed(req.path), &mut attrs);
     attrs.push(Attr::new(ATTR_METHOD, Val::Str(text(req.method))));
     push_headers(
         REQUEST_HEADER_PREFIX,

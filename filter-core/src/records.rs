@@ -105,13 +105,11 @@ impl Inner {
         let mut batch = self.queue.pop_front()?.callout;
         let mut records = 1;
         while records < limits.batch_max_records {
-            let fits = self.queue.front().is_some_and(|q| {
-                batch.body.len().saturating_add(q.callout.body.len()) <= limits.batch_max_bytes
-            });
-            if !fits {
-                break;
-            }
-            let Some(next) = self.queue.pop_front() else {
+            let used = batch.body.len();
+            let fits = |q: &mut Queued| {
+                used.saturating_add(q.callout.body.len()) <= limits.batch_max_bytes
+            };
+            let Some(next) = self.queue.pop_front_if(fits) else {
                 break;
             };
             batch.body.extend_from_slice(&next.callout.body);
